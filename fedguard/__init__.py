@@ -1,0 +1,3 @@
+"""FedGuard: privacy-preserving federated split-LoRA fine-tuning of language models on Flower."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""``python -m fedguard``."""
+
+from fedguard.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""The FedGuard ClientApp: the client's half of split-LoRA training, one Flower message at a time.
+
+Everything a client must remember between the messages of a round (its adapter, Adam moments, which batch
+comes next) is kept in ``Context.state``, so the same code runs in simulation (many virtual clients per
+worker process) and in a deployment (possibly a fresh process per message).
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedguard.apps.runtime import client_shard, runtime_for, shard_word_counts
+from fedguard.config import RunConfig
+from fedguard.data.batches import TokenBatch, round_batches, tokenize
+from fedguard.model.lora import load_trainable_state, trainable_state
+from fedguard.protocol import messages as proto
+from fedguard.training import optimizer_state
+from fedguard.training.client_half import ClientHalfTrainer
+
+app = ClientApp()
+
+_ADAPTER = "fedguard.adapter"
+_OPTIMIZER = "fedguard.optimizer"
+_PROGRESS = "fedguard.progress"
+
+
+class _ClientSession:
+    """One client's view of the current round, rebuilt from the message and ``Context.state``."""
+
+    def __init__(self, context: Context, num_labels: int) -> None:
+        self.context = context
+        self.config = RunConfig.from_run_config(context.run_config)
+        self.runtime = runtime_for(self.config, num_labels)
+        node = context.node_config
+        self.partition_id = int(node.get("partition-id", 0))
+        self.num_partitions = int(node.get("num-partitions", 1))
+        local = node.get("dataset")
+        self.shard = client_shard(self.config, self.partition_id, self.num_partitions, str(local) if local else None)
+        self.trainer = ClientHalfTrainer(self.runtime.client, self.config.learning_rate)
+        self.lengths = shard_word_counts(self.shard) if self.config.group_by_length else None
+
+    def batch(self, server_round: int, step: int) -> tuple[TokenBatch, int]:
+        plan = round_batches(len(self.shard), self.config.batch_size, self.config.local_steps,
+                             self.config.seed, self.partition_id, server_round, self.lengths)
+        seed = (self.config.seed * 1_000_003 + self.partition_id * 10_007 + server_round * 101 + step) % 2**31
+        return tokenize(self.runtime.tokenizer, self.shard, plan[step], self.config.max_length), seed
+
+    def chunk(self, server_round: int, start: int) -> tuple[list[TokenBatch], list[int]]:
+        stop = min(start + self.config.exchange_batches, self.config.local_steps)
+        pairs = [self.batch(server_round, step) for step in range(start, stop)]
+        return [b for b, _ in pairs], [s for _, s in pairs]
+
+    def save(self, progress: dict) -> None:
+        state = self.context.state
+        state[_ADAPTER] = ArrayRecord(torch_state_dict=trainable_state(self.runtime.client))
+        if self.trainer.optimizer is not None:
+            state[_OPTIMIZER] = ArrayRecord(torch_state_dict=optimizer_state.flatten(self.trainer.optimizer))
+        state[_PROGRESS] = ConfigRecord(progress)
+
+    def restore(self) -> dict:
+        state = self.context.state
+        if _PROGRESS not in state.config_records:
+            raise proto.ProtocolError("gradients arrived but this client has no round in progress")
+        load_trainable_state(self.runtime.client, dict(state.array_records[_ADAPTER].to_torch_state_dict()))
+        if self.trainer.optimizer is not None and _OPTIMIZER in state.array_records:
+            optimizer_state.restore(self.trainer.optimizer, dict(state.array_records[_OPTIMIZER].to_torch_state_dict()))
+        return dict(state.config_records[_PROGRESS])
+
+    def send_chunk(self, server_round: int, start: int, started: float, progress: dict) -> RecordDict:
+        batches, seeds = self.chunk(server_round, start)
+        hidden = self.trainer.send(batches, seeds)
+        progress.update({"round": server_round, "chunk-start": start, "chunk-size": len(batches)})
+        self.save(progress)
+        chunk = proto.ActivationChunk(
+            [proto.ActivationBatch(h, b.attention_mask, b.labels) for h, b in zip(hidden, batches)],
+            client_seconds=time.perf_counter() - started,
+        )
+        return proto.encode_activations(chunk)
+
+
+@app.train()
+def start_round(msg: Message, context: Context) -> Message:
+    """Round start: take the global client adapter, reset the optimiser, send the first chunk."""
+    started = time.perf_counter()
+    config = msg.content.config_records.get("config", ConfigRecord())
+    server_round = int(config.get("server-round", 0))
+    session = _ClientSession(context, int(config.get("num-labels", 2)))
+    if proto.ADAPTER not in msg.content.array_records:
+        raise proto.ProtocolError("train message carries no client adapter ('arrays')")
+    load_trainable_state(session.runtime.client, dict(msg.content.array_records[proto.ADAPTER].to_torch_state_dict()))
+    if _OPTIMIZER in context.state.array_records:
+        del context.state[_OPTIMIZER]
+    progress = {"num-labels": int(config.get("num-labels", 2)), "examples": 0}
+    content = session.send_chunk(server_round, 0, started, progress)
+    return Message(content, reply_to=msg)
+
+
+@app.train("exchange")
+def exchange(msg: Message, context: Context) -> Message:
+    """Gradients for the last chunk: back-propagate, step, then send the next chunk or the final adapter."""
+    started = time.perf_counter()
+    state = context.state
+    num_labels = int(state.config_records[_PROGRESS]["num-labels"]) if _PROGRESS in state.config_records else 2
+    session = _ClientSession(context, num_labels)
+    progress = session.restore()
+    server_round, start = int(progress["round"]), int(progress["chunk-start"])
+    batches, seeds = session.chunk(server_round, start)
+    grads = proto.decode_gradients(msg.content, [
+        (b.input_ids.shape[0], b.input_ids.shape[1], session.runtime.hidden_size) for b in batches
+    ])
+    session.trainer.apply_gradients(batches, seeds, grads.gradients)
+    progress["examples"] = int(progress["examples"]) + sum(int(b.labels.shape[0]) for b in batches)
+    next_start = start + len(batches)
+    if grads.final or next_start >= session.config.local_steps:
+        adapter = trainable_state(session.runtime.client)
+        examples = int(progress["examples"])
+        for key in (_PROGRESS, _OPTIMIZER, _ADAPTER):
+            if key in state:
+                del state[key]
+        content = proto.encode_final_reply(adapter, examples, {
+            "client-seconds": time.perf_counter() - started, "steps": next_start,
+        })
+        return Message(content, reply_to=msg)
+    content = session.send_chunk(server_round, next_start, started, progress)
+    return Message(content, reply_to=msg)
+

@@ -1,0 +1,62 @@
+"""What a run leaves behind in ``output-dir``: ``metrics.json``, ``config.json`` and the adapters.
+
+- ``metrics.json``: ``rounds`` (one entry per round: ``round``, ``accuracy``, ``loss``, ``bytes_up``,
+  ``bytes_down``, ``seconds`` and the time split), ``initial`` (the model before training),
+  ``best_accuracy``/``best_round``/``final_accuracy``. Rewritten atomically after every round.
+- ``config.json``: the resolved run config.
+- ``client_adapter/`` and ``server_adapter/``: each half's LoRA adapter in peft format
+  (``PeftModel.from_pretrained(half, folder)``), and ``adapter/``: both merged into one adapter for the
+  *unsplit* model (``PeftModel.from_pretrained(AutoModelFor...from_pretrained(model), folder)``) — possible
+  because the halves keep the whole model's module names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import save_file
+from torch import nn
+
+from fedguard.model.lora import LoraSettings, TRAINABLE_HEADS, peft_config
+from fedguard.model.split import Family
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to ``path`` via a temporary file + ``os.replace``: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_adapters(out: Path, client: nn.Module, server: nn.Module, family: Family, lora: LoraSettings,
+                  base_model: str) -> None:
+    """Save both halves' adapters and the merged whole-model adapter under ``out``."""
+    merged: dict = {}
+    heads: set[str] = set()
+    for name, half in (("client_adapter", client), ("server_adapter", server)):
+        if isinstance(half, PeftModel):
+            half.save_pretrained(out / name)
+            merged.update(get_peft_model_state_dict(half))
+            heads |= set(half.peft_config["default"].modules_to_save or [])
+    config = peft_config(lora, family, tuple(h for h in TRAINABLE_HEADS if h in heads))
+    config.base_model_name_or_path = base_model
+    config.task_type = "SEQ_CLS" if heads else None
+    folder = out / "adapter"
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(folder))
+    save_file({k: v.detach().contiguous() for k, v in merged.items()}, str(folder / "adapter_model.safetensors"),
+              metadata={"format": "pt"})

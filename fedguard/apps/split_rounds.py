@@ -1,0 +1,197 @@
+"""The server's round loop: sample clients with a Flower strategy, run the split exchanges, aggregate.
+
+Per round:
+
+1. ``strategy.configure_train`` samples clients and builds the ``train`` messages (global client adapter);
+2. exchanges: every active client sends a chunk of hidden states; the server trains its half on each batch
+   (clients in arrival order, batches in order) and sends back the gradients; clients compute in parallel;
+3. the final replies (client adapter + ``num-examples``) are checked and handed to
+   ``strategy.aggregate_train``; the result is the next global client adapter;
+4. the joined model is evaluated on the held-out split.
+
+A client whose reply is an error, malformed or missing (timeout) is dropped from the round with a logged
+reason; the round is aggregated if at least ``min-fit-clients`` valid adapters remain, otherwise the
+global adapter is kept unchanged and the run continues.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedguard.apps.runtime import SplitRuntime
+from fedguard.config import RunConfig
+from fedguard.data.sources import TextDataset
+from fedguard.model.lora import load_trainable_state, trainable_state
+from fedguard.protocol import messages as proto
+from fedguard.training.server_half import ServerHalfTrainer, evaluate_joined
+
+log = logging.getLogger("fedguard")
+
+
+@dataclass
+class RoundRecord:
+    """One ``rounds`` entry of ``metrics.json``. Seconds are wall-clock; bytes are tensor payload bytes."""
+
+    round: int
+    accuracy: float
+    loss: float
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+    client_seconds: float  # critical path: per exchange the slowest client's compute, summed
+    server_seconds: float  # server-half training
+    messaging_seconds: float  # the rest of the training wall time: waiting on the network/engine
+    eval_seconds: float
+    exchanges: int
+    train_loss: float
+    clients_sampled: int
+    clients_aggregated: int
+    clients_dropped: dict[str, str] = field(default_factory=dict)
+    aggregated: bool = True
+
+
+class SplitRoundRunner:
+    """Drives split-LoRA rounds over a Flower ``Grid`` with a Flower ``Strategy`` for sampling/aggregation."""
+
+    def __init__(self, config: RunConfig, runtime: SplitRuntime, strategy: Strategy, grid: Grid,
+                 eval_data: TextDataset, num_labels: int) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.strategy = strategy
+        self.grid = grid
+        self.eval_data = eval_data
+        self.num_labels = num_labels
+        self.server = ServerHalfTrainer(runtime.server, config.learning_rate)
+        self.global_adapter = trainable_state(runtime.client)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self) -> tuple[float, float]:
+        load_trainable_state(self.runtime.client, self.global_adapter)
+        result = evaluate_joined(self.runtime.client, self.runtime.server, self.runtime.tokenizer,
+                                 self.eval_data, self.config.max_length)
+        return result.accuracy, result.loss
+
+    # -- one round -------------------------------------------------------------------------------
+    def run_round(self, server_round: int) -> RoundRecord:
+        started = time.perf_counter()
+        timeout = self.config.round_timeout
+        config = ConfigRecord({"num-labels": self.num_labels})
+        messages = list(self.strategy.configure_train(
+            server_round, ArrayRecord(torch_state_dict=self.global_adapter), config, self.grid))
+        sampled = {m.metadata.dst_node_id for m in messages}
+        dropped: dict[str, str] = {}
+        done_steps = {node: 0 for node in sampled}
+        bytes_up = bytes_down = 0
+        client_seconds = server_seconds = 0.0
+        losses: list[float] = []
+        finals: list[Message] = []
+        exchanges = 0
+        while messages:
+            bytes_down += sum(proto.payload_bytes(m.content) for m in messages)
+            waiting = {m.metadata.dst_node_id for m in messages}
+            replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+            exchanges += 1
+            messages = []
+            slowest = 0.0
+            for reply in replies:
+                node = reply.metadata.src_node_id
+                waiting.discard(node)
+                if reply.has_error():
+                    dropped[str(node)] = f"client error: {reply.error.reason}"
+                    continue
+                bytes_up += proto.payload_bytes(reply.content)
+                if done_steps[node] >= self.config.local_steps:
+                    finals.append(reply)
+                    continue
+                try:
+                    chunk = proto.decode_activations(reply.content, self.runtime.hidden_size)
+                except proto.ProtocolError as err:
+                    dropped[str(node)] = f"malformed activations: {err}"
+                    continue
+                slowest = max(slowest, chunk.client_seconds)
+                t0 = time.perf_counter()
+                outcomes = [self.server.train_batch(batch) for batch in chunk.batches]
+                server_seconds += time.perf_counter() - t0
+                losses.extend(o.loss for o in outcomes)
+                done_steps[node] += len(outcomes)
+                final = done_steps[node] >= self.config.local_steps
+                content = proto.encode_gradients(
+                    proto.GradientChunk([o.grad_hidden for o in outcomes], final), server_round)
+                messages.append(Message(content, dst_node_id=node, message_type=proto.EXCHANGE))
+            for node in waiting:
+                dropped[str(node)] = f"no reply within round-timeout={timeout:g}s"
+                done_steps.pop(node, None)
+            client_seconds += slowest
+        for node, reason in dropped.items():
+            log.warning("round %d: client %s dropped: %s", server_round, node, reason)
+        valid = self._valid_finals(finals, dropped, server_round)
+        aggregated = len(valid) >= self.config.min_fit_clients
+        if aggregated:
+            arrays, _ = self.strategy.aggregate_train(server_round, valid)
+            if arrays is not None:
+                self.global_adapter = {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
+        else:
+            log.warning("round %d: only %d valid client adapter(s), min-fit-clients=%d: global adapter kept",
+                        server_round, len(valid), self.config.min_fit_clients)
+        train_seconds = time.perf_counter() - started
+        t0 = time.perf_counter()
+        accuracy, loss = self.evaluate()
+        eval_seconds = time.perf_counter() - t0
+        return RoundRecord(
+            round=server_round, accuracy=accuracy, loss=loss, bytes_up=bytes_up, bytes_down=bytes_down,
+            seconds=time.perf_counter() - started, client_seconds=client_seconds, server_seconds=server_seconds,
+            messaging_seconds=max(0.0, train_seconds - client_seconds - server_seconds), eval_seconds=eval_seconds,
+            exchanges=exchanges, train_loss=sum(losses) / len(losses) if losses else math.nan,
+            clients_sampled=len(sampled), clients_aggregated=len(valid) if aggregated else 0,
+            clients_dropped=dropped, aggregated=aggregated,
+        )
+
+    def _valid_finals(self, finals: list[Message], dropped: dict[str, str], server_round: int) -> list[Message]:
+        """Replies whose adapter matches the global one in names, shapes and dtype, is finite, and that
+        report a positive integer ``num-examples``; the others are dropped with the reason logged."""
+        expected = {k: (tuple(v.shape), v.dtype) for k, v in self.global_adapter.items()}
+        valid = []
+        for reply in finals:
+            node = str(reply.metadata.src_node_id)
+            reason = _adapter_problem(reply, expected)
+            if reason:
+                dropped[node] = reason
+                log.warning("round %d: client %s adapter rejected: %s", server_round, node, reason)
+            else:
+                valid.append(reply)
+        return valid
+
+
+def _adapter_problem(reply: Message, expected: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> str | None:
+    content = reply.content
+    if proto.ADAPTER not in content.array_records:
+        return "final reply carries no adapter ('arrays')"
+    metrics = content.metric_records.get(proto.METRICS)
+    examples = None if metrics is None else metrics.get(proto.NUM_EXAMPLES)
+    if not isinstance(examples, int) or examples < 1:
+        return f"'{proto.NUM_EXAMPLES}' missing or not a positive integer ({examples!r})"
+    tensors = content.array_records[proto.ADAPTER].to_torch_state_dict()
+    if set(tensors) != set(expected):
+        missing, extra = sorted(set(expected) - set(tensors))[:2], sorted(set(tensors) - set(expected))[:2]
+        return f"adapter tensor names differ (missing {missing}, unexpected {extra})"
+    for name, tensor in tensors.items():
+        shape, dtype = expected[name]
+        if tuple(tensor.shape) != shape:
+            return f"adapter tensor {name} has shape {tuple(tensor.shape)}, expected {shape}"
+        if tensor.dtype != dtype:
+            return f"adapter tensor {name} has dtype {tensor.dtype}, expected {dtype}"
+        if not torch.isfinite(tensor).all():
+            return f"adapter tensor {name} contains NaN or Inf"
+    return None
+
+
+def as_dict(record: RoundRecord) -> dict:
+    return asdict(record)

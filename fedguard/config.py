@@ -1,0 +1,166 @@
+"""The run configuration: Flower's run config, validated once into a typed, frozen object.
+
+Every other module receives a :class:`RunConfig` (or the part of it it needs) and never reads the
+raw Flower run config itself. Keys are the public run-config names (``split-layer``, ``lora-r`` ...)
+declared in ``[tool.flwr.app.config]`` of ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+PARTITIONERS = ("iid", "dirichlet", "pathological")
+TASKS = ("classification",)
+
+
+class ConfigError(ValueError):
+    """Raised when the run configuration is invalid; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Validated FedGuard run configuration (one per run; identical on server and clients)."""
+
+    model: str = ""
+    task: str = "classification"
+    split_layer: int = 2
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ("auto",)
+    num_server_rounds: int = 4
+    fraction_train: float = 1.0
+    min_fit_clients: int = 2
+    local_steps: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    exchange_batches: int = 1
+    group_by_length: bool = True
+    dataset: str = "sst2"
+    text_column: str = "sentence"
+    label_column: str = "label"
+    max_length: int = 64
+    partitioner: str = "iid"
+    dirichlet_alpha: float = 0.5
+    pathological_classes: int = 1
+    eval_examples: int = 0
+    seed: int = 42
+    output_dir: str = "runs/latest"
+    round_timeout: float = 600.0
+
+    @classmethod
+    def from_run_config(cls, raw: Mapping[str, Any]) -> RunConfig:
+        """Build and validate from a Flower run config (keys spelled with hyphens).
+
+        Unknown keys are rejected, so a typo never silently falls back to a default.
+        """
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown run-config key(s): {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+            )
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for key, value in raw.items():
+            field = known[key]
+            try:
+                values[field.name] = _coerce(key, value, field.type)
+            except ConfigError as err:
+                problems.append(str(err))
+        if problems:
+            raise ConfigError("invalid run config: " + "; ".join(problems))
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Check every value; raise :class:`ConfigError` naming each bad key and what is allowed."""
+        problems: list[str] = []
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                problems.append(message)
+
+        need(self.task in TASKS, f"task={self.task!r}: allowed {', '.join(TASKS)}")
+        need(self.split_layer >= 0, f"split-layer={self.split_layer}: must be >= 0 (the upper limit "
+             "is the model's number of blocks, checked when the model is loaded)")
+        need(self.lora_r >= 1, f"lora-r={self.lora_r}: must be an integer >= 1")
+        need(_finite(self.lora_alpha) and self.lora_alpha > 0, f"lora-alpha={self.lora_alpha}: must be > 0")
+        need(_finite(self.lora_dropout) and 0.0 <= self.lora_dropout < 1.0,
+             f"lora-dropout={self.lora_dropout}: must be in [0, 1)")
+        need(len(self.lora_target_modules) > 0 and all(self.lora_target_modules),
+             "lora-target-modules: give a comma-separated list of module names, or 'auto'")
+        need(self.num_server_rounds >= 1, f"num-server-rounds={self.num_server_rounds}: must be >= 1")
+        need(_finite(self.fraction_train) and 0.0 < self.fraction_train <= 1.0,
+             f"fraction-train={self.fraction_train}: must be in (0, 1]")
+        need(self.min_fit_clients >= 1, f"min-fit-clients={self.min_fit_clients}: must be >= 1")
+        need(self.local_steps >= 1, f"local-steps={self.local_steps}: must be >= 1")
+        need(self.batch_size >= 1, f"batch-size={self.batch_size}: must be >= 1")
+        need(_finite(self.learning_rate) and self.learning_rate > 0,
+             f"learning-rate={self.learning_rate}: must be a positive finite number")
+        need(self.exchange_batches >= 1, f"exchange-batches={self.exchange_batches}: must be >= 1")
+        need(bool(self.dataset), "dataset: must be 'sst2' or a local file/folder path")
+        need(bool(self.text_column), "text-column: must not be empty")
+        need(bool(self.label_column), "label-column: must not be empty")
+        need(self.max_length >= 2, f"max-length={self.max_length}: must be >= 2")
+        need(self.partitioner in PARTITIONERS,
+             f"partitioner={self.partitioner!r}: unknown; allowed {', '.join(PARTITIONERS)}")
+        need(_finite(self.dirichlet_alpha) and self.dirichlet_alpha > 0,
+             f"dirichlet-alpha={self.dirichlet_alpha}: must be > 0")
+        need(self.pathological_classes >= 1,
+             f"pathological-classes={self.pathological_classes}: must be >= 1")
+        need(self.eval_examples >= 0, f"eval-examples={self.eval_examples}: must be >= 0 (0 = all)")
+        need(bool(self.output_dir), "output-dir: must not be empty")
+        need(_finite(self.round_timeout) and self.round_timeout > 0,
+             f"round-timeout={self.round_timeout}: must be > 0 seconds")
+        if problems:
+            raise ConfigError("invalid run config: " + "; ".join(problems))
+
+    @property
+    def exchanges_per_round(self) -> int:
+        """Number of activation chunks a client sends per round (ceil(local-steps / exchange-batches))."""
+        return -(-self.local_steps // self.exchange_batches)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config with public (hyphenated) key names, as written to the run directory."""
+        out = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            out[key.replace("_", "-")] = value
+        return out
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    """Convert a TOML scalar to the field's type, or raise ConfigError saying what was expected."""
+    if annotation == "tuple[str, ...]":
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r}: expected a comma-separated string")
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if annotation == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r}: expected a string")
+        return value
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return value
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        return float(value)
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true or false")
+        return value
+    raise TypeError(f"unsupported config field type {annotation!r} for {key}")

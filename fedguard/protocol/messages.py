@@ -1,0 +1,152 @@
+"""The split-learning protocol: what crosses the wire, as Flower records, and how it is checked.
+
+One training round for one client is a sequence of exchanges (request → reply):
+
+1. ``train`` (sent by the strategy's ``configure_train``): the global client adapter (``"arrays"``) and the
+   strategy's ``"config"``. Reply: the first :class:`ActivationChunk`.
+2. ``train.exchange`` (:class:`GradientChunk`, ``final=False``): the gradients of the last chunk's hidden
+   states. The client back-propagates them, steps its optimiser, and replies with the next chunk.
+3. ``train.exchange`` with ``final=True``: the last gradients. Reply: the client adapter (``"arrays"``) and
+   ``"metrics"`` with ``num-examples`` — the shape Flower strategies aggregate.
+
+A chunk holds ``exchange-batches`` batches. Only hidden states at the split, the 2-D padding mask and the
+labels travel up; only gradients of those hidden states travel down. No token ids, key/value caches or
+model weights beyond the client adapter are ever sent. Every decoder validates what it receives and
+raises :class:`ProtocolError` with the reason, so a malformed reply drops that client for the round
+instead of crashing it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+TRAIN = "train"
+EXCHANGE = "train.exchange"
+
+ACTIVATIONS = "activations"
+GRADIENTS = "gradients"
+CHUNK = "chunk"
+TIMING = "timing"
+ADAPTER = "arrays"  # Flower strategies' default ArrayRecord key
+METRICS = "metrics"  # Flower strategies' default MetricRecord key
+NUM_EXAMPLES = "num-examples"  # Flower strategies' default weighting key
+
+
+class ProtocolError(ValueError):
+    """A message does not follow the protocol; the text says what was wrong."""
+
+
+@dataclass
+class ActivationBatch:
+    """One batch as it crosses the split: ``hidden`` [B, T, H] float, ``attention_mask`` [B, T] (1 = token),
+    ``labels`` [B] class ids (or ``None`` when labels stay on the client)."""
+
+    hidden: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+
+
+@dataclass
+class ActivationChunk:
+    """The client's upward message: ``batches`` in order, and its compute time for this exchange (s)."""
+
+    batches: list[ActivationBatch]
+    client_seconds: float
+
+
+@dataclass
+class GradientChunk:
+    """The server's downward message: d loss / d hidden for each batch of the last chunk, in order."""
+
+    gradients: list[torch.Tensor]
+    final: bool
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of tensor payload in a message's content (array data; excludes protocol framing)."""
+    return sum(record.count_bytes() for record in content.array_records.values())
+
+
+def encode_activations(chunk: ActivationChunk) -> RecordDict:
+    tensors: dict[str, torch.Tensor] = {}
+    for i, batch in enumerate(chunk.batches):
+        tensors[f"hidden.{i}"] = batch.hidden.detach().contiguous()
+        tensors[f"mask.{i}"] = batch.attention_mask.detach().to(torch.int8).contiguous()
+        if batch.labels is not None:
+            tensors[f"labels.{i}"] = batch.labels.detach().to(torch.int64).contiguous()
+    return RecordDict({
+        ACTIVATIONS: ArrayRecord(torch_state_dict=tensors),
+        CHUNK: ConfigRecord({"batches": len(chunk.batches)}),
+        TIMING: MetricRecord({"client-seconds": float(chunk.client_seconds)}),
+    })
+
+
+def decode_activations(content: RecordDict, hidden_size: int, expect_labels: bool = True) -> ActivationChunk:
+    """Parse and check a client's activation chunk (shapes, dtypes, finiteness, label presence)."""
+    if ACTIVATIONS not in content.array_records or CHUNK not in content.config_records:
+        raise ProtocolError(f"activation reply lacks {ACTIVATIONS!r}/{CHUNK!r} records; "
+                            f"has {sorted(content.keys())}")
+    count = content.config_records[CHUNK].get("batches")
+    if not isinstance(count, int) or count < 1:
+        raise ProtocolError(f"activation reply: 'batches'={count!r}, expected an integer >= 1")
+    tensors = content.array_records[ACTIVATIONS].to_torch_state_dict()
+    batches: list[ActivationBatch] = []
+    for i in range(count):
+        hidden, mask = tensors.get(f"hidden.{i}"), tensors.get(f"mask.{i}")
+        if hidden is None or mask is None:
+            raise ProtocolError(f"activation reply: batch {i} lacks hidden states or mask")
+        if hidden.dim() != 3 or hidden.shape[-1] != hidden_size:
+            raise ProtocolError(f"activation reply: batch {i} hidden shape {tuple(hidden.shape)}, "
+                                f"expected [batch, seq, {hidden_size}]")
+        if not hidden.is_floating_point() or not torch.isfinite(hidden).all():
+            raise ProtocolError(f"activation reply: batch {i} hidden states are not finite floats")
+        if tuple(mask.shape) != tuple(hidden.shape[:2]):
+            raise ProtocolError(f"activation reply: batch {i} mask shape {tuple(mask.shape)} does not match "
+                                f"hidden {tuple(hidden.shape[:2])}")
+        labels = tensors.get(f"labels.{i}")
+        if expect_labels:
+            if labels is None or tuple(labels.shape) != (hidden.shape[0],):
+                raise ProtocolError(f"activation reply: batch {i} needs labels of shape [{hidden.shape[0]}]")
+        batches.append(ActivationBatch(hidden.float(), mask.long(), None if labels is None else labels.long()))
+    timing = content.metric_records.get(TIMING)
+    seconds = float(timing.get("client-seconds", 0.0)) if timing is not None else 0.0
+    if not math.isfinite(seconds) or seconds < 0:
+        seconds = 0.0
+    return ActivationChunk(batches, seconds)
+
+
+def encode_gradients(chunk: GradientChunk, server_round: int) -> RecordDict:
+    tensors = {str(i): g.detach().contiguous() for i, g in enumerate(chunk.gradients)}
+    return RecordDict({
+        GRADIENTS: ArrayRecord(torch_state_dict=tensors),
+        CHUNK: ConfigRecord({"batches": len(chunk.gradients), "final": chunk.final, "server-round": server_round}),
+    })
+
+
+def decode_gradients(content: RecordDict, shapes: list[tuple[int, ...]]) -> GradientChunk:
+    """Parse the server's gradients and check them against the shapes of the hidden states sent."""
+    if GRADIENTS not in content.array_records or CHUNK not in content.config_records:
+        raise ProtocolError(f"gradient message lacks {GRADIENTS!r}/{CHUNK!r}; has {sorted(content.keys())}")
+    tensors = content.array_records[GRADIENTS].to_torch_state_dict()
+    if len(tensors) != len(shapes):
+        raise ProtocolError(f"gradient message has {len(tensors)} tensors, expected {len(shapes)}")
+    gradients = []
+    for i, shape in enumerate(shapes):
+        grad = tensors.get(str(i))
+        if grad is None or tuple(grad.shape) != tuple(shape):
+            raise ProtocolError(f"gradient {i}: shape {None if grad is None else tuple(grad.shape)}, "
+                                f"expected {tuple(shape)}")
+        gradients.append(grad.float())
+    return GradientChunk(gradients, bool(content.config_records[CHUNK].get("final", False)))
+
+
+def encode_final_reply(adapter: dict[str, torch.Tensor], num_examples: int, metrics: dict[str, float]) -> RecordDict:
+    """The round's last reply, in the shape Flower strategies aggregate (``arrays`` + ``metrics``)."""
+    return RecordDict({
+        ADAPTER: ArrayRecord(torch_state_dict=adapter),
+        METRICS: MetricRecord({NUM_EXAMPLES: int(num_examples), **{k: float(v) for k, v in metrics.items()}}),
+    })

@@ -1,0 +1,58 @@
+"""The client's side of split training: forward to the split, then back-propagate the server's gradients.
+
+Between sending a chunk's hidden states and receiving their gradients the client keeps no autograd graph
+(in a deployment the next message may arrive in a new process). It recomputes the chunk's forward pass
+with the same adapter weights and the same dropout seeds, which reproduces the sent hidden states exactly,
+then back-propagates the received gradients through it.
+
+Staleness with ``exchange-batches = B > 1``: all B batches of a chunk are forwarded with the adapter as it
+was at the start of the chunk, and their gradients are computed at that point; the client then takes B
+optimiser steps with them, one per batch, in order. So batch j's update is applied j-1 steps late
+(delayed-gradient SGD, staleness up to B-1 client steps). With ``B = 1`` (the default) training is exact
+sequential split learning. The server half is always exact: it updates after every batch it receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import torch
+from torch import nn
+
+from fedguard.data.batches import TokenBatch
+
+
+class ClientHalfTrainer:
+    """Runs the (LoRA-wrapped) client half; its trainable tensors are the client adapter."""
+
+    def __init__(self, half: nn.Module, learning_rate: float) -> None:
+        self.half = half
+        self.params = [p for p in half.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0) if self.params else None
+
+    def forward(self, batch: TokenBatch, dropout_seed: int) -> torch.Tensor:
+        """Hidden states at the split for ``batch`` (with gradients enabled), dropout seeded by ``dropout_seed``."""
+        self.half.train()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(dropout_seed)
+            return self.half(batch.input_ids, batch.attention_mask)
+
+    def send(self, batches: Sequence[TokenBatch], seeds: Sequence[int]) -> list[torch.Tensor]:
+        """Hidden states for each batch, detached, ready to send."""
+        with torch.no_grad():
+            return [self.forward(batch, seed).detach() for batch, seed in zip(batches, seeds)]
+
+    def apply_gradients(self, batches: Sequence[TokenBatch], seeds: Sequence[int], grads: Sequence[torch.Tensor]) -> None:
+        """Back-propagate the server's d loss / d hidden for each batch and take one optimiser step per batch."""
+        if self.optimizer is None:
+            return
+        per_batch: list[list[torch.Tensor]] = []
+        for batch, seed, grad in zip(batches, seeds, grads):
+            hidden = self.forward(batch, seed)
+            if hidden.shape != grad.shape:
+                raise ValueError(f"gradient shape {tuple(grad.shape)} does not match hidden {tuple(hidden.shape)}")
+            per_batch.append(list(torch.autograd.grad(hidden, self.params, grad_outputs=grad, allow_unused=True)))
+        for grads_of_batch in per_batch:
+            self.optimizer.zero_grad(set_to_none=True)
+            for param, g in zip(self.params, grads_of_batch):
+                param.grad = None if g is None else g.detach()
+            self.optimizer.step()

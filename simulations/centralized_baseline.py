@@ -1,0 +1,116 @@
+"""Centralized baseline: the same model, LoRA config and number of examples, with no federation and no split.
+
+It reads the same run config as ``flwr run .`` (``pyproject.toml`` plus ``--run-config`` overrides), trains the
+unsplit model with LoRA on the whole training set for ``num-server-rounds x clients x local-steps`` batches —
+exactly as many examples as the federated run sees — and evaluates on the same held-out split after every
+round's worth of examples. With ``--federated PATH/metrics.json`` it prints the federated accuracies beside
+its own, so the cost of federation + split is visible in one table.
+
+    python simulations/centralized_baseline.py --clients 3 --federated runs/latest/metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import tomllib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import get_peft_model
+
+from fedguard.apps.quiet import quiet_libraries
+from fedguard.apps.runtime import lora_settings, model_spec
+from fedguard.config import RunConfig
+from fedguard.data.batches import round_batches, tokenize
+from fedguard.data.sources import load_dataset_splits
+from fedguard.model.loading import load_task_model, load_tokenizer
+from fedguard.model.lora import TRAINABLE_HEADS, peft_config
+from fedguard.model.split import family_of
+from fedguard.training.server_half import evaluate_joined
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_config(overrides: list[str]) -> RunConfig:
+    raw = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    for item in overrides:
+        key, _, value = item.partition("=")
+        raw[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+    return RunConfig.from_run_config(raw)
+
+
+class _Identity(torch.nn.Module):
+    """Lets ``evaluate_joined`` evaluate an unsplit model: the 'client half' passes token ids through."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return input_ids
+
+
+class _Whole(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=3, help="clients per round in the federated run (3)")
+    parser.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a run-config value, as with flwr run (repeatable)")
+    parser.add_argument("--federated", type=Path, help="metrics.json of the federated run to compare with")
+    args = parser.parse_args()
+    quiet_libraries()
+    config = _run_config(args.run_config)
+    torch.manual_seed(config.seed)
+    data = load_dataset_splits(config.dataset, config.text_column, config.label_column)
+    eval_data = data.dev if data.dev is not None else data.train
+    if config.eval_examples:
+        eval_data = eval_data.subset(list(range(min(config.eval_examples, len(eval_data)))))
+    spec = model_spec(config, data.num_labels)
+    tokenizer = load_tokenizer(spec)
+    model = load_task_model(spec, tokenizer.pad_token_id)
+    family = family_of(model)
+    heads = tuple(h for h in TRAINABLE_HEADS if hasattr(model, h))
+    model = get_peft_model(model, peft_config(lora_settings(config), family, heads))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    steps_per_round = args.clients * config.local_steps
+    lengths = [len(t.split()) for t in data.train.text] if config.group_by_length else None
+    whole, identity = _Whole(model), _Identity()
+    rows = []
+    started = time.perf_counter()
+    for server_round in range(1, config.num_server_rounds + 1):
+        plan = round_batches(len(data.train), config.batch_size, steps_per_round, config.seed, 0, server_round, lengths)
+        model.train()
+        for indices in plan:
+            batch = tokenize(tokenizer, data.train, indices, config.max_length)
+            loss = F.cross_entropy(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
+                                   batch.labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        result = evaluate_joined(identity, whole, tokenizer, eval_data, config.max_length)
+        examples = server_round * steps_per_round * config.batch_size
+        rows.append((server_round, examples, result.accuracy, time.perf_counter() - started))
+    federated = {}
+    if args.federated:
+        metrics = json.loads(args.federated.read_text())
+        federated = {r["round"]: r["accuracy"] for r in metrics["rounds"]}
+    print(f"\nCentralized LoRA baseline vs federated split ({args.clients} clients/round), "
+          f"held-out accuracy on {len(eval_data)} examples")
+    print(f"{'round':>5} {'examples':>9} {'centralized':>12} {'federated':>10} {'gap (pts)':>10} {'central s':>10}")
+    for server_round, examples, accuracy, seconds in rows:
+        fed = federated.get(server_round)
+        fed_text = f"{fed:10.4f}" if fed is not None else f"{'-':>10}"
+        gap = f"{100 * (accuracy - fed):10.2f}" if fed is not None else f"{'-':>10}"
+        print(f"{server_round:>5} {examples:>9} {accuracy:12.4f} {fed_text} {gap} {seconds:10.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The run config is validated once, before training, with errors that name the key and what is allowed."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedguard.config import ConfigError, RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _app_config() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_pyproject_run_config_is_valid_and_complete():
+    config = RunConfig.from_run_config(_app_config())
+    # Every field is declared in pyproject (otherwise `flwr run --run-config` could not override it).
+    assert set(config.to_dict()) == set(_app_config())
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("learning-rate", -0.1, "learning-rate=-0.1: must be a positive finite number"),
+    ("learning-rate", float("nan"), "learning-rate=nan"),
+    ("partitioner", "zipf", "partitioner='zipf': unknown; allowed iid, dirichlet, pathological"),
+    ("split-layer", -1, "split-layer=-1: must be >= 0"),
+    ("lora-r", 0, "lora-r=0"),
+    ("fraction-train", 1.5, "fraction-train=1.5: must be in (0, 1]"),
+    ("batch-size", "32", "batch-size='32': expected an integer"),
+    ("exchange-batches", 0, "exchange-batches=0: must be >= 1"),
+    ("dirichlet-alpha", 0.0, "dirichlet-alpha=0.0: must be > 0"),
+])
+def test_bad_values_are_rejected_with_the_key_and_the_allowed_range(key, value, message):
+    raw = {**_app_config(), key: value}
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_run_config(raw)
+    assert message in str(err.value)
+
+
+def test_several_problems_are_reported_together():
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_run_config({"learning-rate": -1.0, "local-steps": 0})
+    assert "learning-rate" in str(err.value) and "local-steps" in str(err.value)
+
+
+def test_unknown_keys_are_rejected_not_ignored():
+    with pytest.raises(ConfigError, match="unknown run-config key.*learnig-rate"):
+        RunConfig.from_run_config({"learnig-rate": 0.1})
+
+
+def test_target_modules_parse_from_a_comma_separated_string():
+    config = RunConfig.from_run_config({"lora-target-modules": "query, value ,key"})
+    assert config.lora_target_modules == ("query", "value", "key")
+    assert config.to_dict()["lora-target-modules"] == "query,value,key"
+
+
+def test_exchanges_per_round_rounds_up():
+    assert RunConfig(local_steps=10, exchange_batches=4).exchanges_per_round == 3
