@@ -30,7 +30,7 @@ _PROGRESS = "fedguard.progress"
 class _ClientSession:
     """One client's view of the current round, rebuilt from the message and ``Context.state``."""
 
-    def __init__(self, context: Context, num_labels: int) -> None:
+    def __init__(self, context: Context, num_labels: int, freeze_lora_a: bool = False) -> None:
         self.context = context
         self.config = RunConfig.from_run_config(context.run_config)
         self.runtime = runtime_for(self.config, num_labels)
@@ -39,7 +39,7 @@ class _ClientSession:
         self.num_partitions = int(node.get("num-partitions", 1))
         local = node.get("dataset")
         self.shard = client_shard(self.config, self.partition_id, self.num_partitions, str(local) if local else None)
-        self.trainer = ClientHalfTrainer(self.runtime.client, self.config.learning_rate)
+        self.trainer = ClientHalfTrainer(self.runtime.client, self.config.learning_rate, freeze_lora_a)
         self.lengths = shard_word_counts(self.shard) if self.config.group_by_length else None
 
     def batch(self, server_round: int, step: int) -> tuple[TokenBatch, int]:
@@ -87,13 +87,14 @@ def start_round(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     config = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(config.get("server-round", 0))
-    session = _ClientSession(context, int(config.get("num-labels", 2)))
+    freeze_a = bool(config.get(proto.FREEZE_LORA_A, False))
+    session = _ClientSession(context, int(config.get("num-labels", 2)), freeze_a)
     if proto.ADAPTER not in msg.content.array_records:
         raise proto.ProtocolError("train message carries no client adapter ('arrays')")
     load_trainable_state(session.runtime.client, dict(msg.content.array_records[proto.ADAPTER].to_torch_state_dict()))
     if _OPTIMIZER in context.state.array_records:
         del context.state[_OPTIMIZER]
-    progress = {"num-labels": int(config.get("num-labels", 2)), "examples": 0}
+    progress = {"num-labels": int(config.get("num-labels", 2)), "examples": 0, proto.FREEZE_LORA_A: freeze_a}
     content = session.send_chunk(server_round, 0, started, progress)
     return Message(content, reply_to=msg)
 
@@ -103,8 +104,8 @@ def exchange(msg: Message, context: Context) -> Message:
     """Gradients for the last chunk: back-propagate, step, then send the next chunk or the final adapter."""
     started = time.perf_counter()
     state = context.state
-    num_labels = int(state.config_records[_PROGRESS]["num-labels"]) if _PROGRESS in state.config_records else 2
-    session = _ClientSession(context, num_labels)
+    saved = state.config_records.get(_PROGRESS, ConfigRecord())
+    session = _ClientSession(context, int(saved.get("num-labels", 2)), bool(saved.get(proto.FREEZE_LORA_A, False)))
     progress = session.restore()
     server_round, start = int(progress["round"]), int(progress["chunk-start"])
     batches, seeds = session.chunk(server_round, start)

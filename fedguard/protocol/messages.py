@@ -34,6 +34,8 @@ TIMING = "timing"
 ADAPTER = "arrays"  # Flower strategies' default ArrayRecord key
 METRICS = "metrics"  # Flower strategies' default MetricRecord key
 NUM_EXAMPLES = "num-examples"  # Flower strategies' default weighting key
+NUM_LABELS = "num-labels"  # train config: classes of the task head
+FREEZE_LORA_A = "lora-freeze-a"  # train config: True = clients keep every LoRA A as received (FFA-LoRA)
 
 
 class ProtocolError(ValueError):

@@ -24,9 +24,11 @@ from fedguard.data.batches import TokenBatch
 class ClientHalfTrainer:
     """Runs the (LoRA-wrapped) client half; its trainable tensors are the client adapter."""
 
-    def __init__(self, half: nn.Module, learning_rate: float) -> None:
+    def __init__(self, half: nn.Module, learning_rate: float, freeze_lora_a: bool = False) -> None:
+        """``freeze_lora_a``: keep every LoRA ``A`` matrix as received (FFA-LoRA); only ``B`` is trained."""
         self.half = half
-        self.params = [p for p in half.parameters() if p.requires_grad]
+        self.params = [p for name, p in half.named_parameters()
+                       if p.requires_grad and not (freeze_lora_a and ".lora_A." in name)]
         self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0) if self.params else None
 
     def forward(self, batch: TokenBatch, dropout_seed: int) -> torch.Tensor:
