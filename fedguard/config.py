@@ -14,6 +14,8 @@ from typing import Any
 
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 TASKS = ("classification",)
+LABEL_PROTECTIONS = ("clear", "randomized-response", "u-shape")
+ACCOUNTANTS = ("edgeworth", "pld", "rdp")
 
 
 class ConfigError(ValueError):
@@ -31,7 +33,7 @@ class RunConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("auto",)
-    num_server_rounds: int = 4
+    num_server_rounds: int = 6
     fraction_train: float = 1.0
     min_fit_clients: int = 2
     local_steps: int = 30
@@ -50,6 +52,25 @@ class RunConfig:
     seed: int = 42
     output_dir: str = "runs/latest"
     round_timeout: float = 600.0
+    # Local differential privacy (0 = off). See docs/threat-model.md for what each one protects.
+    dp_noise_multiplier: float = 0.0
+    dp_max_grad_norm: float = 1.0
+    dp_target_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    act_clip_norm: float = 0.0
+    act_noise_multiplier: float = 0.0
+    label_epsilon: float = 0.0
+    label_protection: str = "clear"
+    max_epsilon: float = 0.0
+    max_activation_epsilon: float = 0.0
+    accountant: str = "edgeworth"
+    # Server aggregation strategy (see strategies/ and docs/writing-a-strategy.md).
+    strategy: str = "fedavg"
+    strategy_options: str = ""
+    strategy_max_update_norm: float = 0.0
+    strategy_reject_norm_factor: float = 10.0
+    strategy_trim_fraction: float = 0.1
+    strategy_svd_rank: int = 0
 
     @classmethod
     def from_run_config(cls, raw: Mapping[str, Any]) -> RunConfig:
@@ -117,8 +138,64 @@ class RunConfig:
         need(bool(self.output_dir), "output-dir: must not be empty")
         need(_finite(self.round_timeout) and self.round_timeout > 0,
              f"round-timeout={self.round_timeout}: must be > 0 seconds")
+        need(bool(self.strategy.strip()), "strategy: must be a strategy name (e.g. fedavg, ffa-lora, svd), "
+             "'auto', or a dotted path 'package.module:Name'")
+        try:
+            parse_strategy_options(self.strategy_options)
+        except ConfigError as err:
+            problems.append(str(err))
+        need(_finite(self.strategy_max_update_norm) and self.strategy_max_update_norm >= 0,
+             f"strategy-max-update-norm={self.strategy_max_update_norm}: must be >= 0 (0 = no bound)")
+        need(_finite(self.strategy_reject_norm_factor) and self.strategy_reject_norm_factor >= 1,
+             f"strategy-reject-norm-factor={self.strategy_reject_norm_factor}: must be >= 1")
+        need(_finite(self.strategy_trim_fraction) and 0.0 <= self.strategy_trim_fraction < 0.5,
+             f"strategy-trim-fraction={self.strategy_trim_fraction}: must be in [0, 0.5)")
+        need(0 <= self.strategy_svd_rank <= self.lora_r,
+             f"strategy-svd-rank={self.strategy_svd_rank}: must be in [0, lora-r={self.lora_r}] (0 = lora-r)")
+        self._validate_privacy(need)
         if problems:
             raise ConfigError("invalid run config: " + "; ".join(problems))
+
+    def _validate_privacy(self, need) -> None:  # noqa: ANN001 - the collector above
+        for key, value in (("dp-noise-multiplier", self.dp_noise_multiplier),
+                           ("dp-target-epsilon", self.dp_target_epsilon), ("act-clip-norm", self.act_clip_norm),
+                           ("act-noise-multiplier", self.act_noise_multiplier), ("label-epsilon", self.label_epsilon),
+                           ("max-epsilon", self.max_epsilon), ("max-activation-epsilon", self.max_activation_epsilon)):
+            need(_finite(value) and value >= 0, f"{key}={value}: must be a finite number >= 0 (0 = off)")
+        need(_finite(self.dp_max_grad_norm) and self.dp_max_grad_norm > 0,
+             f"dp-max-grad-norm={self.dp_max_grad_norm}: must be > 0")
+        need(_finite(self.dp_delta) and 0 < self.dp_delta < 1, f"dp-delta={self.dp_delta}: must be in (0, 1)")
+        need(not (self.dp_noise_multiplier > 0 and self.dp_target_epsilon > 0),
+             "dp-noise-multiplier and dp-target-epsilon are both set: give one (the other 0)")
+        need(not (self.act_noise_multiplier > 0 and self.act_clip_norm <= 0),
+             "act-noise-multiplier > 0 needs act-clip-norm > 0 (the noise is relative to the clip norm)")
+        need(self.label_protection in LABEL_PROTECTIONS,
+             f"label-protection={self.label_protection!r}: allowed {', '.join(LABEL_PROTECTIONS)}")
+        need(self.label_protection != "u-shape",
+             "label-protection='u-shape' (head and loss on the client) is not implemented yet; "
+             "use 'clear' or 'randomized-response'")
+        need(not (self.label_protection == "randomized-response" and not self.label_epsilon > 0),
+             "label-protection='randomized-response' needs label-epsilon > 0")
+        need(not (self.max_epsilon > 0 and not self.dp_enabled),
+             "max-epsilon needs DP-SGD (dp-noise-multiplier or dp-target-epsilon): without it the adapter "
+             "release has no privacy guarantee to budget")
+        need(not (self.max_activation_epsilon > 0 and not self.act_noise_multiplier > 0),
+             "max-activation-epsilon needs act-noise-multiplier > 0")
+        need(self.accountant in ACCOUNTANTS, f"accountant={self.accountant!r}: allowed {', '.join(ACCOUNTANTS)}")
+
+    @property
+    def dp_enabled(self) -> bool:
+        """DP-SGD on the client adapter is on."""
+        return self.dp_noise_multiplier > 0 or self.dp_target_epsilon > 0
+
+    @property
+    def activation_noise_enabled(self) -> bool:
+        return self.act_noise_multiplier > 0
+
+    @property
+    def private(self) -> bool:
+        """Any local privacy mechanism is on (clients must then report their privacy events)."""
+        return self.dp_enabled or self.activation_noise_enabled or self.label_protection == "randomized-response"
 
     @property
     def exchanges_per_round(self) -> int:
@@ -133,6 +210,26 @@ class RunConfig:
                 value = ",".join(value)
             out[key.replace("_", "-")] = value
         return out
+
+
+def parse_strategy_options(text: str) -> dict[str, str]:
+    """Parse ``strategy-options`` (``"key=value,key2=value2"``; values are strings, no commas) into a dict.
+
+    Raises :class:`ConfigError` for an entry without ``=``, an empty key, or a key given twice.
+    """
+    options: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"strategy-options entry {part!r}: expected key=value "
+                              "(entries separated by commas, e.g. 'server-lr=0.5,momentum=0.9')")
+        if key in options:
+            raise ConfigError(f"strategy-options: key {key!r} given twice")
+        options[key] = value.strip()
+    return options
 
 
 def _finite(value: float) -> bool:

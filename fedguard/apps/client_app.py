@@ -1,20 +1,26 @@
 """The FedGuard ClientApp: the client's half of split-LoRA training, one Flower message at a time.
 
 Everything a client must remember between the messages of a round (its adapter, Adam moments, which batch
-comes next) is kept in ``Context.state``, so the same code runs in simulation (many virtual clients per
-worker process) and in a deployment (possibly a fresh process per message).
+comes next, its secret, its privacy ledger) is kept in ``Context.state`` (the ledger optionally on disk),
+so the same code runs in simulation (many virtual clients per worker process) and in a deployment
+(possibly a fresh process per message).
 """
 
 from __future__ import annotations
 
 import time
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedguard.apps.client_privacy import ClientPrivacy
 from fedguard.apps.runtime import client_shard, runtime_for, shard_word_counts
 from fedguard.config import RunConfig
 from fedguard.data.batches import TokenBatch, round_batches, tokenize
+from fedguard.mechanisms.dp_sgd import DPClientHalfTrainer
+from fedguard.mechanisms.labels import randomized_labels
+from fedguard.mechanisms.sampling import poisson_batch
 from fedguard.model.lora import load_trainable_state, trainable_state
 from fedguard.protocol import messages as proto
 from fedguard.training import optimizer_state
@@ -33,25 +39,46 @@ class _ClientSession:
     def __init__(self, context: Context, num_labels: int, freeze_lora_a: bool = False) -> None:
         self.context = context
         self.config = RunConfig.from_run_config(context.run_config)
+        self.num_labels = num_labels
         self.runtime = runtime_for(self.config, num_labels)
         node = context.node_config
         self.partition_id = int(node.get("partition-id", 0))
         self.num_partitions = int(node.get("num-partitions", 1))
         local = node.get("dataset")
         self.shard = client_shard(self.config, self.partition_id, self.num_partitions, str(local) if local else None)
-        self.trainer = ClientHalfTrainer(self.runtime.client, self.config.learning_rate, freeze_lora_a)
+        self.privacy = ClientPrivacy(self.config, context, len(self.shard))
+        if self.privacy.noise_multiplier > 0:
+            self.trainer: ClientHalfTrainer = DPClientHalfTrainer(
+                self.runtime.client, self.config.learning_rate, self.privacy.noise_multiplier,
+                self.config.dp_max_grad_norm, self.privacy.sample_rate * len(self.shard), freeze_lora_a,
+                self.privacy.activation)
+        else:
+            self.trainer = ClientHalfTrainer(self.runtime.client, self.config.learning_rate, freeze_lora_a,
+                                             self.privacy.activation)
         self.lengths = shard_word_counts(self.shard) if self.config.group_by_length else None
 
-    def batch(self, server_round: int, step: int) -> tuple[TokenBatch, int]:
-        plan = round_batches(len(self.shard), self.config.batch_size, self.config.local_steps,
-                             self.config.seed, self.partition_id, server_round, self.lengths)
-        seed = (self.config.seed * 1_000_003 + self.partition_id * 10_007 + server_round * 101 + step) % 2**31
-        return tokenize(self.runtime.tokenizer, self.shard, plan[step], self.config.max_length), seed
+    def plan(self, server_round: int) -> list[list[int]]:
+        """The round's batches (shard indices), drawn with the client's secret: Poisson under DP-SGD."""
+        secret = self.privacy.secret
+        if self.privacy.noise_multiplier > 0:
+            return [poisson_batch(len(self.shard), self.privacy.sample_rate, secret, server_round, step)
+                    for step in range(self.config.local_steps)]
+        return round_batches(len(self.shard), self.config.batch_size, self.config.local_steps,
+                             secret % 2**31, self.partition_id, server_round, self.lengths)
 
-    def chunk(self, server_round: int, start: int) -> tuple[list[TokenBatch], list[int]]:
+    def chunk(self, server_round: int, start: int) -> tuple[list[TokenBatch], list[int], list[list[int]]]:
+        plan = self.plan(server_round)
         stop = min(start + self.config.exchange_batches, self.config.local_steps)
-        pairs = [self.batch(server_round, step) for step in range(start, stop)]
-        return [b for b, _ in pairs], [s for _, s in pairs]
+        batches, seeds = [], []
+        for step in range(start, stop):
+            batch = tokenize(self.runtime.tokenizer, self.shard, plan[step], self.config.max_length)
+            if self.config.label_protection == "randomized-response":
+                batch.labels[:] = torch.tensor(randomized_labels(
+                    batch.labels.tolist(), plan[step], self.num_labels, self.config.label_epsilon,
+                    self.privacy.secret), dtype=batch.labels.dtype)
+            batches.append(batch)
+            seeds.append((self.privacy.secret + server_round * 100_003 + step) % 2**31)
+        return batches, seeds, plan[start:stop]
 
     def save(self, progress: dict) -> None:
         state = self.context.state
@@ -70,33 +97,44 @@ class _ClientSession:
         return dict(state.config_records[_PROGRESS])
 
     def send_chunk(self, server_round: int, start: int, started: float, progress: dict) -> RecordDict:
-        batches, seeds = self.chunk(server_round, start)
+        batches, seeds, indices = self.chunk(server_round, start)
         hidden = self.trainer.send(batches, seeds)
+        events = self.privacy.activation_events(indices, server_round)
+        self.privacy.record(events)  # persisted before the activations leave
         progress.update({"round": server_round, "chunk-start": start, "chunk-size": len(batches)})
         self.save(progress)
         chunk = proto.ActivationChunk(
             [proto.ActivationBatch(h, b.attention_mask, b.labels) for h, b in zip(hidden, batches)],
             client_seconds=time.perf_counter() - started,
         )
-        return proto.encode_activations(chunk)
+        content = proto.encode_activations(chunk)
+        content[proto.PRIVACY] = proto.encode_privacy(self.privacy.client_id, events)
+        return content
 
 
 @app.train()
 def start_round(msg: Message, context: Context) -> Message:
-    """Round start: take the global client adapter, reset the optimiser, send the first chunk."""
+    """Round start: take the global client adapter, check the budget, send the first chunk (or refuse)."""
     started = time.perf_counter()
     config = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(config.get("server-round", 0))
+    num_labels = int(config.get(proto.NUM_LABELS, 2))
     freeze_a = bool(config.get(proto.FREEZE_LORA_A, False))
-    session = _ClientSession(context, int(config.get("num-labels", 2)), freeze_a)
-    if proto.ADAPTER not in msg.content.array_records:
-        raise proto.ProtocolError("train message carries no client adapter ('arrays')")
-    load_trainable_state(session.runtime.client, dict(msg.content.array_records[proto.ADAPTER].to_torch_state_dict()))
-    if _OPTIMIZER in context.state.array_records:
-        del context.state[_OPTIMIZER]
-    progress = {"num-labels": int(config.get("num-labels", 2)), "examples": 0, proto.FREEZE_LORA_A: freeze_a}
-    content = session.send_chunk(server_round, 0, started, progress)
-    return Message(content, reply_to=msg)
+    session = _ClientSession(context, num_labels, freeze_a)
+    try:
+        reason = session.privacy.refusal(session.plan(server_round), server_round)
+        if reason is not None:
+            return Message(proto.encode_refusal(session.privacy.client_id, reason), reply_to=msg)
+        if proto.ADAPTER not in msg.content.array_records:
+            raise proto.ProtocolError("train message carries no client adapter ('arrays')")
+        load_trainable_state(session.runtime.client,
+                             dict(msg.content.array_records[proto.ADAPTER].to_torch_state_dict()))
+        if _OPTIMIZER in context.state.array_records:
+            del context.state[_OPTIMIZER]
+        progress = {proto.NUM_LABELS: num_labels, "examples": 0, proto.FREEZE_LORA_A: freeze_a}
+        return Message(session.send_chunk(server_round, 0, started, progress), reply_to=msg)
+    finally:
+        session.trainer.close()
 
 
 @app.train("exchange")
@@ -105,26 +143,29 @@ def exchange(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     state = context.state
     saved = state.config_records.get(_PROGRESS, ConfigRecord())
-    session = _ClientSession(context, int(saved.get("num-labels", 2)), bool(saved.get(proto.FREEZE_LORA_A, False)))
-    progress = session.restore()
-    server_round, start = int(progress["round"]), int(progress["chunk-start"])
-    batches, seeds = session.chunk(server_round, start)
-    grads = proto.decode_gradients(msg.content, [
-        (b.input_ids.shape[0], b.input_ids.shape[1], session.runtime.hidden_size) for b in batches
-    ])
-    session.trainer.apply_gradients(batches, seeds, grads.gradients)
-    progress["examples"] = int(progress["examples"]) + sum(int(b.labels.shape[0]) for b in batches)
-    next_start = start + len(batches)
-    if grads.final or next_start >= session.config.local_steps:
-        adapter = trainable_state(session.runtime.client)
-        examples = int(progress["examples"])
+    session = _ClientSession(context, int(saved.get(proto.NUM_LABELS, 2)), bool(saved.get(proto.FREEZE_LORA_A, False)))
+    try:
+        progress = session.restore()
+        server_round, start = int(progress["round"]), int(progress["chunk-start"])
+        batches, seeds, _ = session.chunk(server_round, start)
+        grads = proto.decode_gradients(msg.content, [
+            (b.input_ids.shape[0], b.input_ids.shape[1], session.runtime.hidden_size) for b in batches
+        ])
+        session.trainer.apply_gradients(batches, seeds, grads.gradients)
+        progress["examples"] = int(progress["examples"]) + sum(int(b.labels.shape[0]) for b in batches)
+        next_start = start + len(batches)
+        if not (grads.final or next_start >= session.config.local_steps):
+            return Message(session.send_chunk(server_round, next_start, started, progress), reply_to=msg)
+        events = session.privacy.round_events(server_round, next_start)
+        session.privacy.record(events)  # persisted before the adapter leaves
+        # num-examples weights the aggregate; a Poisson round that drew no example still reports 1.
+        content = proto.encode_final_reply(trainable_state(session.runtime.client), max(1, int(progress["examples"])), {
+            "client-seconds": time.perf_counter() - started, "steps": next_start,
+        })
+        content[proto.PRIVACY] = proto.encode_privacy(session.privacy.client_id, events)
         for key in (_PROGRESS, _OPTIMIZER, _ADAPTER):
             if key in state:
                 del state[key]
-        content = proto.encode_final_reply(adapter, examples, {
-            "client-seconds": time.perf_counter() - started, "steps": next_start,
-        })
         return Message(content, reply_to=msg)
-    content = session.send_chunk(server_round, next_start, started, progress)
-    return Message(content, reply_to=msg)
-
+    finally:
+        session.trainer.close()

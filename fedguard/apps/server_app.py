@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedguard.apps.run_output import save_adapters, write_json_atomic
 from fedguard.apps.runtime import dataset_splits, lora_settings, runtime_for
+from fedguard.apps.server_privacy import ServerPrivacy
 from fedguard.apps.split_rounds import SplitRoundRunner, as_dict
 from fedguard.config import RunConfig
 from fedguard.model.loading import resolve_model_source
@@ -48,13 +49,18 @@ def main(grid: Grid, context: Context) -> None:
     runtime = runtime_for(config, data.num_labels)  # raises SplitError for a split-layer out of range
     write_json_atomic(out / "config.json", config.to_dict())
     strategy = build_strategy(config)
-    runner = SplitRoundRunner(config, runtime, strategy, grid, eval_data, data.num_labels)
+    privacy = ServerPrivacy(config, out)
+    runner = SplitRoundRunner(config, runtime, strategy, grid, eval_data, data.num_labels, privacy)
     log.info("output directory: %s", out)
     accuracy, loss = runner.evaluate()
     log.info("round 0 (before training): accuracy %.4f, loss %.4f on %d held-out examples",
              accuracy, loss, len(eval_data))
     metrics: dict = {"initial": {"accuracy": accuracy, "loss": loss, "eval_examples": len(eval_data)}, "rounds": []}
     for server_round in range(1, config.num_server_rounds + 1):
+        if config.private and runner.eligible_clients() < config.min_fit_clients:
+            log.warning("stopping before round %d: fewer than min-fit-clients=%d clients are within their "
+                        "privacy budgets (%s)", server_round, config.min_fit_clients, privacy.excluded)
+            break
         record = runner.run_round(server_round)
         metrics["rounds"].append(as_dict(record))
         best = max(metrics["rounds"], key=lambda r: r["accuracy"])
@@ -67,8 +73,36 @@ def main(grid: Grid, context: Context) -> None:
             record.server_seconds, record.messaging_seconds, record.eval_seconds, record.bytes_up / 1e6,
             record.bytes_down / 1e6, record.clients_aggregated, record.clients_sampled,
         )
+        if config.private:
+            log.info("round %d privacy (worst client so far, delta=%g): %s", record.round, config.dp_delta,
+                     describe_privacy(record))
     source, _ = resolve_model_source(config.model)
     save_adapters(out, runtime.client, runtime.server, runtime.family, lora_settings(config), source)
     log.info("adapters and metrics written to %s", out)
+    if not metrics["rounds"]:
+        log.warning("no round ran")
+        return
     log.info("best accuracy %.4f (round %d); final accuracy %.4f",
              metrics["best_accuracy"], metrics["best_round"], metrics["final_accuracy"])
+
+
+def describe_privacy(record) -> str:  # noqa: ANN001 - a RoundRecord
+    """One line per release: which epsilon covers it, certified bound first (estimates are not guarantees)."""
+    parts = []
+    if record.epsilon_adapter_certified is not None:
+        parts.append(f"adapter (DP-SGD, example-level add/remove) eps <= {record.epsilon_adapter_certified:.3f} "
+                     f"certified, {record.epsilon_adapter_estimate:.3f} logged estimate")
+    else:
+        parts.append("adapter: no DP-SGD, no guarantee")
+    if record.epsilon_activation is not None:
+        parts.append(f"activations (local Gaussian, replace-one, per example over all its releases) eps <= "
+                     f"{record.epsilon_activation:.3f} certified")
+    else:
+        parts.append("activations: no noise, no guarantee")
+    if record.epsilon_label is not None:
+        parts.append(f"labels (randomised response) eps = {record.epsilon_label:.3f}")
+    else:
+        parts.append("labels: sent in clear")
+    if record.clients_refused:
+        parts.append(f"{len(record.clients_refused)} client(s) refused")
+    return "; ".join(parts)

@@ -27,11 +27,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedguard.apps.runtime import SplitRuntime
+from fedguard.apps.server_privacy import EligibleGrid, ServerPrivacy
 from fedguard.config import RunConfig
 from fedguard.data.sources import TextDataset
 from fedguard.model.lora import load_trainable_state, trainable_state
 from fedguard.protocol import messages as proto
 from fedguard.training.server_half import ServerHalfTrainer, evaluate_joined
+from strategies.validation import rejection_norm, split_replies
 
 log = logging.getLogger("fedguard")
 
@@ -56,19 +58,29 @@ class RoundRecord:
     clients_aggregated: int
     clients_dropped: dict[str, str] = field(default_factory=dict)
     aggregated: bool = True
+    # Privacy (worst client so far, at dp-delta; None = no mechanism protects that release).
+    epsilon_adapter_estimate: float | None = None
+    epsilon_adapter_certified: float | None = None
+    epsilon_adapter_certified_median: float | None = None
+    epsilon_activation: float | None = None
+    epsilon_activation_estimate: float | None = None
+    epsilon_label: float | None = None
+    privacy_delta: float | None = None
+    clients_refused: dict[str, str] = field(default_factory=dict)
 
 
 class SplitRoundRunner:
     """Drives split-LoRA rounds over a Flower ``Grid`` with a Flower ``Strategy`` for sampling/aggregation."""
 
     def __init__(self, config: RunConfig, runtime: SplitRuntime, strategy: Strategy, grid: Grid,
-                 eval_data: TextDataset, num_labels: int) -> None:
+                 eval_data: TextDataset, num_labels: int, privacy: ServerPrivacy) -> None:
         self.config = config
         self.runtime = runtime
         self.strategy = strategy
         self.grid = grid
         self.eval_data = eval_data
         self.num_labels = num_labels
+        self.privacy = privacy
         self.server = ServerHalfTrainer(runtime.server, config.learning_rate)
         self.global_adapter = trainable_state(runtime.client)
 
@@ -80,14 +92,20 @@ class SplitRoundRunner:
         return result.accuracy, result.loss
 
     # -- one round -------------------------------------------------------------------------------
+    def eligible_clients(self) -> int:
+        """Connected clients that may still be sampled (not excluded by a privacy budget)."""
+        return len(EligibleGrid(self.grid, self.privacy).get_node_ids())
+
     def run_round(self, server_round: int) -> RoundRecord:
         started = time.perf_counter()
         timeout = self.config.round_timeout
-        config = ConfigRecord({"num-labels": self.num_labels})
+        config = ConfigRecord({proto.NUM_LABELS: self.num_labels})
         messages = list(self.strategy.configure_train(
-            server_round, ArrayRecord(torch_state_dict=self.global_adapter), config, self.grid))
+            server_round, ArrayRecord(torch_state_dict=self.global_adapter), config,
+            EligibleGrid(self.grid, self.privacy)))
         sampled = {m.metadata.dst_node_id for m in messages}
         dropped: dict[str, str] = {}
+        refused: dict[str, str] = {}
         done_steps = {node: 0 for node in sampled}
         bytes_up = bytes_down = 0
         client_seconds = server_seconds = 0.0
@@ -108,7 +126,18 @@ class SplitRoundRunner:
                     dropped[str(node)] = f"client error: {reply.error.reason}"
                     continue
                 bytes_up += proto.payload_bytes(reply.content)
-                if done_steps[node] >= self.config.local_steps:
+                problem = self.privacy.observe(node, reply.content)  # spending is recorded first
+                if proto.REFUSAL in reply.content.config_records:
+                    reason = str(reply.content.config_records[proto.REFUSAL].get("reason", "no reason given"))
+                    refused[str(node)] = reason
+                    self.privacy.exclude(node, f"refused: {reason}")
+                    continue
+                if problem is None and done_steps.get(node, 0) >= self.config.local_steps:
+                    problem = self.privacy.check_final(node, reply.content, done_steps[node])
+                if problem is not None:
+                    dropped[str(node)] = f"privacy record rejected: {problem}"
+                    continue
+                if done_steps.get(node, 0) >= self.config.local_steps:
                     finals.append(reply)
                     continue
                 try:
@@ -120,7 +149,7 @@ class SplitRoundRunner:
                 t0 = time.perf_counter()
                 outcomes = [self.server.train_batch(batch) for batch in chunk.batches]
                 server_seconds += time.perf_counter() - t0
-                losses.extend(o.loss for o in outcomes)
+                losses.extend(o.loss for o in outcomes if o.examples)
                 done_steps[node] += len(outcomes)
                 final = done_steps[node] >= self.config.local_steps
                 content = proto.encode_gradients(
@@ -130,6 +159,9 @@ class SplitRoundRunner:
                 dropped[str(node)] = f"no reply within round-timeout={timeout:g}s"
                 done_steps.pop(node, None)
             client_seconds += slowest
+            self.privacy.save()
+        for node, reason in refused.items():
+            log.warning("round %d: client %s refused to train: %s", server_round, node, reason)
         for node, reason in dropped.items():
             log.warning("round %d: client %s dropped: %s", server_round, node, reason)
         valid = self._valid_finals(finals, dropped, server_round)
@@ -142,6 +174,8 @@ class SplitRoundRunner:
             log.warning("round %d: only %d valid client adapter(s), min-fit-clients=%d: global adapter kept",
                         server_round, len(valid), self.config.min_fit_clients)
         train_seconds = time.perf_counter() - started
+        self.privacy.update_budgets()
+        self.privacy.save()
         t0 = time.perf_counter()
         accuracy, loss = self.evaluate()
         eval_seconds = time.perf_counter() - t0
@@ -151,46 +185,18 @@ class SplitRoundRunner:
             messaging_seconds=max(0.0, train_seconds - client_seconds - server_seconds), eval_seconds=eval_seconds,
             exchanges=exchanges, train_loss=sum(losses) / len(losses) if losses else math.nan,
             clients_sampled=len(sampled), clients_aggregated=len(valid) if aggregated else 0,
-            clients_dropped=dropped, aggregated=aggregated,
+            clients_dropped=dropped, aggregated=aggregated, clients_refused=refused,
+            **self.privacy.round_metrics(),
         )
 
     def _valid_finals(self, finals: list[Message], dropped: dict[str, str], server_round: int) -> list[Message]:
-        """Replies whose adapter matches the global one in names, shapes and dtype, is finite, and that
-        report a positive integer ``num-examples``; the others are dropped with the reason logged."""
-        expected = {k: (tuple(v.shape), v.dtype) for k, v in self.global_adapter.items()}
-        valid = []
-        for reply in finals:
-            node = str(reply.metadata.src_node_id)
-            reason = _adapter_problem(reply, expected)
-            if reason:
-                dropped[node] = reason
-                log.warning("round %d: client %s adapter rejected: %s", server_round, node, reason)
-            else:
-                valid.append(reply)
+        """Replies that pass :func:`strategies.validation.reply_problem` against the current global adapter
+        (names, shapes, dtype, finite, positive integer ``num-examples``, update norm within
+        ``strategy-max-update-norm × strategy-reject-norm-factor``); the others are dropped with the reason
+        logged. Runs for every strategy, plain Flower ones included."""
+        valid, rejected = split_replies(finals, self.global_adapter, rejection_norm(self.config), server_round)
+        dropped.update(rejected)
         return valid
-
-
-def _adapter_problem(reply: Message, expected: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> str | None:
-    content = reply.content
-    if proto.ADAPTER not in content.array_records:
-        return "final reply carries no adapter ('arrays')"
-    metrics = content.metric_records.get(proto.METRICS)
-    examples = None if metrics is None else metrics.get(proto.NUM_EXAMPLES)
-    if not isinstance(examples, int) or examples < 1:
-        return f"'{proto.NUM_EXAMPLES}' missing or not a positive integer ({examples!r})"
-    tensors = content.array_records[proto.ADAPTER].to_torch_state_dict()
-    if set(tensors) != set(expected):
-        missing, extra = sorted(set(expected) - set(tensors))[:2], sorted(set(tensors) - set(expected))[:2]
-        return f"adapter tensor names differ (missing {missing}, unexpected {extra})"
-    for name, tensor in tensors.items():
-        shape, dtype = expected[name]
-        if tuple(tensor.shape) != shape:
-            return f"adapter tensor {name} has shape {tuple(tensor.shape)}, expected {shape}"
-        if tensor.dtype != dtype:
-            return f"adapter tensor {name} has dtype {tensor.dtype}, expected {dtype}"
-        if not torch.isfinite(tensor).all():
-            return f"adapter tensor {name} contains NaN or Inf"
-    return None
 
 
 def as_dict(record: RoundRecord) -> dict:

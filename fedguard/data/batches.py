@@ -21,6 +21,9 @@ class TokenBatch:
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, data: TextDataset, indices: list[int], max_length: int) -> TokenBatch:
+    if not indices:  # an empty Poisson batch
+        empty = torch.zeros((0, 1), dtype=torch.long)
+        return TokenBatch(empty, empty.clone(), torch.zeros(0, dtype=torch.long))
     encoded = tokenizer(
         [data.text[i] for i in indices], padding="longest", truncation=True, max_length=max_length,
         return_tensors="pt",

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedguard.privacy import InvalidEventError, MechanismEvent
+
 TRAIN = "train"
 EXCHANGE = "train.exchange"
 
@@ -36,6 +38,8 @@ METRICS = "metrics"  # Flower strategies' default MetricRecord key
 NUM_EXAMPLES = "num-examples"  # Flower strategies' default weighting key
 NUM_LABELS = "num-labels"  # train config: classes of the task head
 FREEZE_LORA_A = "lora-freeze-a"  # train config: True = clients keep every LoRA A as received (FFA-LoRA)
+PRIVACY = "privacy"  # the client's privacy events for this reply, and its stable client id
+REFUSAL = "refusal"  # a client declining to train (budget), with its reason
 
 
 class ProtocolError(ValueError):
@@ -152,3 +156,65 @@ def encode_final_reply(adapter: dict[str, torch.Tensor], num_examples: int, metr
         ADAPTER: ArrayRecord(torch_state_dict=adapter),
         METRICS: MetricRecord({NUM_EXAMPLES: int(num_examples), **{k: float(v) for k, v in metrics.items()}}),
     })
+
+
+_EVENT_FIELDS = ("kind", "noise-multiplier", "sample-rate", "steps", "epsilon", "clip-norm", "round")
+
+
+def encode_privacy(client_id: str, events: list[MechanismEvent]) -> ConfigRecord:
+    """The events a client applied since its last reply, as parallel lists (0.0 stands for 'not set')."""
+    return ConfigRecord({
+        "client-id": client_id,
+        "kind": [e.kind for e in events],
+        "noise-multiplier": [float(e.noise_multiplier or 0.0) for e in events],
+        "sample-rate": [float(e.sample_rate or 0.0) for e in events],
+        "steps": [int(e.steps) for e in events],
+        "epsilon": [float(e.epsilon) if e.epsilon is not None else -1.0 for e in events],
+        "clip-norm": [float(e.clip_norm or 0.0) for e in events],
+        "round": [int(e.round or 0) for e in events],
+    })
+
+
+def decode_privacy(content: RecordDict) -> tuple[str, list[MechanismEvent]]:
+    """``(client id, events)`` from a reply; :class:`ProtocolError` if the record is missing or malformed.
+
+    A reply without its privacy record is never read as 'nothing spent'.
+    """
+    record = content.config_records.get(PRIVACY)
+    if record is None:
+        raise ProtocolError("reply carries no privacy record: its spending is unknown")
+    client_id = record.get("client-id")
+    if not isinstance(client_id, str) or not client_id:
+        raise ProtocolError("privacy record has no client-id")
+    columns = {}
+    for name in _EVENT_FIELDS:
+        value = record.get(name, [])
+        columns[name] = list(value) if isinstance(value, list) else None
+        if columns[name] is None:
+            raise ProtocolError(f"privacy record field {name!r} must be a list")
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) != 1:
+        raise ProtocolError(f"privacy record fields have different lengths {sorted(lengths)}")
+    events = []
+    for i in range(lengths.pop()):
+        epsilon = columns["epsilon"][i]
+        pure = epsilon >= 0
+        try:
+            events.append(MechanismEvent(
+                kind=columns["kind"][i],
+                noise_multiplier=None if pure else columns["noise-multiplier"][i],
+                sample_rate=None if pure else columns["sample-rate"][i],
+                steps=columns["steps"][i],
+                epsilon=epsilon if pure else None,
+                clip_norm=columns["clip-norm"][i] or None,
+                round=columns["round"][i],
+            ))
+        except (InvalidEventError, TypeError) as err:
+            raise ProtocolError(f"privacy event {i} is malformed: {err}") from err
+    return client_id, events
+
+
+def encode_refusal(client_id: str, reason: str) -> RecordDict:
+    """A client's refusal to train this round (e.g. its own budget would be exceeded)."""
+    return RecordDict({REFUSAL: ConfigRecord({"client-id": client_id, "reason": reason}),
+                       PRIVACY: encode_privacy(client_id, [])})

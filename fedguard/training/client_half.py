@@ -2,8 +2,9 @@
 
 Between sending a chunk's hidden states and receiving their gradients the client keeps no autograd graph
 (in a deployment the next message may arrive in a new process). It recomputes the chunk's forward pass
-with the same adapter weights and the same dropout seeds, which reproduces the sent hidden states exactly,
-then back-propagates the received gradients through it.
+with the same adapter weights and the same dropout seeds, which reproduces the sent hidden states exactly
+(before any activation noise, which is additive and so passes gradients through unchanged), then
+back-propagates the received gradients through it.
 
 Staleness with ``exchange-batches = B > 1``: all B batches of a chunk are forwarded with the adapter as it
 was at the start of the chunk, and their gradients are computed at that point; the client then takes B
@@ -14,41 +15,70 @@ sequential split learning. The server half is always exact: it updates after eve
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from fedguard.data.batches import TokenBatch
+from fedguard.mechanisms.activations import ActivationPrivacy
 
 
 class ClientHalfTrainer:
-    """Runs the (LoRA-wrapped) client half; its trainable tensors are the client adapter."""
+    """Runs the (LoRA-wrapped) client half; its trainable tensors are the client adapter.
 
-    def __init__(self, half: nn.Module, learning_rate: float, freeze_lora_a: bool = False) -> None:
-        """``freeze_lora_a``: keep every LoRA ``A`` matrix as received (FFA-LoRA); only ``B`` is trained."""
+    ``freeze_lora_a``: keep every LoRA ``A`` matrix as received (FFA-LoRA); only ``B`` is trained.
+    ``activation``: clip (and noise) each example's hidden states before they are sent.
+    """
+
+    def __init__(self, half: nn.Module, learning_rate: float, freeze_lora_a: bool = False,
+                 activation: ActivationPrivacy | None = None) -> None:
         self.half = half
+        self.module: nn.Module = half
+        self.activation = activation
+        self._noise = torch.Generator().manual_seed(secrets.randbits(63))  # never the public seed
         self.params = [p for name, p in half.named_parameters()
                        if p.requires_grad and not (freeze_lora_a and ".lora_A." in name)]
         self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0) if self.params else None
 
+    def close(self) -> None:
+        """Release per-message resources (hooks); the cached model stays usable."""
+
     def forward(self, batch: TokenBatch, dropout_seed: int) -> torch.Tensor:
-        """Hidden states at the split for ``batch`` (with gradients enabled), dropout seeded by ``dropout_seed``."""
-        self.half.train()
+        """Hidden states at the split for ``batch`` (gradients enabled), clipped if activations are private."""
+        self.module.train()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(dropout_seed)
-            return self.half(batch.input_ids, batch.attention_mask)
+            hidden = self.module(batch.input_ids, batch.attention_mask)
+        return self.activation.clip(hidden, batch.attention_mask) if self.activation else hidden
 
     def send(self, batches: Sequence[TokenBatch], seeds: Sequence[int]) -> list[torch.Tensor]:
-        """Hidden states for each batch, detached, ready to send."""
+        """Hidden states for each batch, detached and (if configured) noised, ready to send."""
+        out = []
         with torch.no_grad():
-            return [self.forward(batch, seed).detach() for batch, seed in zip(batches, seeds)]
+            for batch, seed in zip(batches, seeds):
+                if batch.input_ids.shape[0] == 0:
+                    out.append(torch.zeros((0, batch.input_ids.shape[1], self.hidden_size)))
+                    continue
+                hidden = self.forward(batch, seed).detach()
+                if self.activation is not None:
+                    hidden = hidden + self.activation.noise(hidden, batch.attention_mask, self._noise)
+                out.append(hidden)
+        return out
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.half.config.hidden_size)
 
     def apply_gradients(self, batches: Sequence[TokenBatch], seeds: Sequence[int], grads: Sequence[torch.Tensor]) -> None:
         """Back-propagate the server's d loss / d hidden for each batch and take one optimiser step per batch."""
         if self.optimizer is None:
             return
-        per_batch: list[list[torch.Tensor]] = []
+        per_batch: list[list[torch.Tensor | None]] = []
         for batch, seed, grad in zip(batches, seeds, grads):
+            if batch.input_ids.shape[0] == 0:
+                continue
             hidden = self.forward(batch, seed)
             if hidden.shape != grad.shape:
                 raise ValueError(f"gradient shape {tuple(grad.shape)} does not match hidden {tuple(hidden.shape)}")

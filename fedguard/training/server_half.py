@@ -35,6 +35,8 @@ class ServerHalfTrainer:
         """Forward the client's hidden states, compute the loss, step, and return d loss / d hidden."""
         if batch.labels is None:
             raise ValueError("classification on the server needs the batch's labels")
+        if batch.hidden.shape[0] == 0:  # an empty Poisson batch: nothing to learn, nothing to return
+            return BatchOutcome(torch.zeros_like(batch.hidden), float("nan"), 0)
         self.half.train()
         hidden = batch.hidden.detach().requires_grad_(True)
         logits = self.half(hidden, batch.attention_mask)
