@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
+from scipy.special import log_ndtr
 
 __all__ = ["PldCertifier", "DEFAULT_VALUE_DISCRETIZATION_INTERVAL", "default_certifier"]
 
@@ -113,6 +114,14 @@ class PldCertifier:
         if key in self._answers:
             self._answers.move_to_end(key)
             return self._answers[key]
+        if items and all(q == 1.0 for _, q, _ in items):
+            # Unsampled Gaussians compose exactly into one Gaussian mechanism with mu = sqrt(sum n / sigma^2):
+            # its privacy curve is known in closed form, so the bound is exact (and PLD would need huge grids
+            # for the tiny sigmas of local activation noise).
+            mu = math.sqrt(sum(n / s**2 for s, _, n in items))
+            value = gaussian_epsilon(mu, x) if what == "epsilon" else gaussian_delta(mu, x)
+            self._answers[key] = value
+            return value
         pld = self.pld(history)
         if pld is None:
             value = 0.0
@@ -143,3 +152,27 @@ def default_certifier(value_discretization_interval: float = DEFAULT_VALUE_DISCR
     if key not in _DEFAULT:
         _DEFAULT[key] = PldCertifier(key)
     return _DEFAULT[key]
+
+
+def gaussian_delta(mu: float, epsilon: float) -> float:
+    """Exact delta(epsilon) of a Gaussian mechanism with sensitivity/std ratio ``mu`` (Balle & Wang 2018)."""
+    a, b = -epsilon / mu + mu / 2, -epsilon / mu - mu / 2
+    return max(0.0, math.exp(log_ndtr(a)) - math.exp(epsilon + log_ndtr(b)))
+
+
+def gaussian_epsilon(mu: float, delta: float) -> float:
+    """Smallest epsilon >= 0 with gaussian_delta(mu, epsilon) <= delta (bisection; delta is decreasing)."""
+    if gaussian_delta(mu, 0.0) <= delta:
+        return 0.0
+    lo, hi = 0.0, mu * mu / 2 + 10 * mu + 10
+    while gaussian_delta(mu, hi) > delta:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if gaussian_delta(mu, mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * max(1.0, hi):
+            break
+    return hi

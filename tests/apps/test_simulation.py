@@ -64,3 +64,37 @@ def test_outputs_reload_as_peft_adapters_of_the_unsplit_model(finished_run):
     accuracy = float((predictions == batch.labels).float().mean())
     final = json.loads((out / "metrics.json").read_text())["final_accuracy"]
     assert abs(accuracy - final) <= 1 / 300 + 1e-9  # padding differs; at most one near-tie may flip
+
+
+def _dp_epsilon(rounds: int, steps: int, q: float) -> float:
+    from fedguard.privacy import MechanismEvent, PrivacyLedger
+
+    ledger = PrivacyLedger()
+    ledger.record("c", MechanismEvent("dp-sgd", noise_multiplier=1.0, sample_rate=q, steps=rounds * steps))
+    return ledger.epsilon("c", 1e-5, warn=False).epsilon_certified
+
+
+def test_private_run_accounts_every_release_and_stops_at_the_budget(tmp_path):
+    out = tmp_path / "private"
+    steps, q = 4, 16 / 22449  # SST-2 over 3 IID clients: 22,449-22,450 examples each
+    budget = (_dp_epsilon(1, steps, q) + _dp_epsilon(2, steps, q)) / 2  # room for one round, not two
+    result = flwr_run(tmp_path, {
+        "num-server-rounds": 3, "local-steps": steps, "batch-size": 16, "exchange-batches": 2,
+        "eval-examples": 100, "output-dir": str(out), "dp-noise-multiplier": 1.0, "max-epsilon": budget,
+        "act-clip-norm": 30.0, "act-noise-multiplier": 0.5,
+    })
+    assert (out / "metrics.json").exists(), result.stdout[-4000:] + result.stderr[-4000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    rounds = metrics["rounds"]
+    assert len(rounds) == 1, "the run must stop once no client can afford another round"
+    entry = rounds[0]
+    assert entry["clients_aggregated"] == 3
+    assert 0 < entry["epsilon_adapter_certified"] <= budget
+    assert entry["epsilon_adapter_estimate"] > 0 and entry["epsilon_activation"] > 0
+    assert "stopping before round 2" in result.stdout
+    ledger = json.loads((out / "privacy_ledger.json").read_text())["clients"]
+    assert len(ledger) == 3
+    for events in ledger.values():
+        dp = [e for e in events if e["kind"] == "dp-sgd"]
+        assert len(dp) == 1 and dp[0]["steps"] == steps and dp[0]["noise_multiplier"] == 1.0
+        assert any(e["kind"] == "activation" for e in events)

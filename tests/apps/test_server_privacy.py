@@ -1,0 +1,85 @@
+"""The server's ledger records what clients report, rejects what it cannot trust, and enforces budgets."""
+
+from __future__ import annotations
+
+import json
+
+from flwr.app import RecordDict
+
+from fedguard.apps.server_privacy import EligibleGrid, ServerPrivacy, rdp_epsilon
+from fedguard.config import RunConfig
+from fedguard.privacy import MechanismEvent
+from fedguard.protocol import messages as proto
+
+DP = MechanismEvent("dp-sgd", noise_multiplier=1.0, sample_rate=0.01, steps=30, round=1, clip_norm=1.0)
+ACT = MechanismEvent("activation", noise_multiplier=2.0, sample_rate=1.0, steps=1, round=1, clip_norm=30.0)
+
+
+def _reply(client: str, events: list[MechanismEvent]) -> RecordDict:
+    return RecordDict({proto.PRIVACY: proto.encode_privacy(client, events)})
+
+
+def test_events_are_recorded_per_client_and_persisted(tmp_path):
+    privacy = ServerPrivacy(RunConfig(dp_noise_multiplier=1.0, act_clip_norm=30.0, act_noise_multiplier=4.0), tmp_path)
+    assert privacy.observe(11, _reply("alice", [ACT])) is None
+    assert privacy.observe(11, _reply("alice", [ACT, DP])) is None
+    assert privacy.observe(12, _reply("bob", [DP])) is None
+    privacy.save()
+    saved = json.loads((tmp_path / "privacy_ledger.json").read_text())
+    assert set(saved["clients"]) == {"alice", "bob"}
+    metrics = privacy.round_metrics()
+    assert metrics["epsilon_adapter_certified"] > 0 and metrics["epsilon_activation"] > 0
+    assert metrics["privacy_delta"] == 1e-5 and metrics["epsilon_label"] is None
+
+
+def test_missing_or_malformed_privacy_records_are_rejected_when_private(tmp_path):
+    privacy = ServerPrivacy(RunConfig(dp_noise_multiplier=1.0), tmp_path)
+    assert "no privacy record" in privacy.observe(3, RecordDict({}))
+    bad = proto.encode_privacy("eve", [DP])
+    bad["steps"] = [0]
+    assert "malformed" in privacy.observe(3, RecordDict({proto.PRIVACY: bad}))
+    assert privacy.ledger.clients() == []
+
+
+def test_under_counted_dp_steps_are_rejected(tmp_path):
+    privacy = ServerPrivacy(RunConfig(dp_noise_multiplier=1.0), tmp_path)
+    reply = _reply("alice", [DP])  # reports 30 steps
+    assert privacy.check_final(5, reply, steps_driven=30) is None
+    assert "reported 30 DP-SGD steps but trained 31" in privacy.check_final(5, reply, steps_driven=31)
+
+
+def test_a_client_over_budget_is_no_longer_sampled(tmp_path):
+    one_round = ServerPrivacy(RunConfig(dp_noise_multiplier=1.0), tmp_path)
+    one_round.observe(1, _reply("alice", [DP]))
+    eps1 = one_round.round_metrics()["epsilon_adapter_certified"]
+    privacy = ServerPrivacy(RunConfig(dp_noise_multiplier=1.0, max_epsilon=eps1 * 1.2), tmp_path)
+    privacy.observe(1, _reply("alice", [DP]))
+    privacy.observe(2, _reply("bob", [MechanismEvent("dp-sgd", noise_multiplier=5.0, sample_rate=0.01, steps=30)]))
+    privacy.update_budgets()
+    assert not privacy.eligible(1) and privacy.eligible(2) and privacy.eligible(99)
+    assert "max-epsilon" in privacy.excluded["alice"]
+
+    class Grid:
+        def get_node_ids(self):
+            return [1, 2, 99]
+
+        def other(self):
+            return "delegated"
+
+    view = EligibleGrid(Grid(), privacy)
+    assert view.get_node_ids() == [2, 99] and view.other() == "delegated"
+
+
+def test_no_mechanism_means_no_epsilon_not_zero(tmp_path):
+    privacy = ServerPrivacy(RunConfig(), tmp_path)
+    assert privacy.observe(1, RecordDict({})) is None  # nothing configured, nothing required
+    metrics = privacy.round_metrics()
+    assert metrics["epsilon_adapter_certified"] is None and metrics["epsilon_activation"] is None
+
+
+def test_rdp_column_is_opacus_rdp_and_above_the_certified_bound(tmp_path):
+    privacy = ServerPrivacy(RunConfig(dp_noise_multiplier=1.0, accountant="rdp"), tmp_path)
+    privacy.observe(1, _reply("alice", [DP]))
+    metrics = privacy.round_metrics()
+    assert metrics["epsilon_adapter_estimate"] == rdp_epsilon([DP], 1e-5)
+    assert metrics["epsilon_adapter_estimate"] >= metrics["epsilon_adapter_certified"] * 0.99
