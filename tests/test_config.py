@@ -32,6 +32,16 @@ def test_pyproject_run_config_is_valid_and_complete():
     ("batch-size", "32", "batch-size='32': expected an integer"),
     ("exchange-batches", 0, "exchange-batches=0: must be >= 1"),
     ("dirichlet-alpha", 0.0, "dirichlet-alpha=0.0: must be > 0"),
+    ("dp-noise-multiplier", -1.0, "dp-noise-multiplier=-1.0: must be a finite number >= 0"),
+    ("act-clip-norm", float("nan"), "act-clip-norm=nan"),
+    ("dp-delta", 1.0, "dp-delta=1.0: must be in (0, 1)"),
+    ("dp-max-grad-norm", 0.0, "dp-max-grad-norm=0.0: must be > 0"),
+    ("label-protection", "u-shape", "not implemented yet"),
+    ("label-protection", "hide", "allowed clear, randomized-response, u-shape"),
+    ("label-protection", "randomized-response", "needs label-epsilon > 0"),
+    ("max-epsilon", 8.0, "max-epsilon needs DP-SGD"),
+    ("act-noise-multiplier", 1.0, "needs act-clip-norm > 0"),
+    ("accountant", "moments", "allowed edgeworth, pld, rdp"),
 ])
 def test_bad_values_are_rejected_with_the_key_and_the_allowed_range(key, value, message):
     raw = {**_app_config(), key: value}
@@ -59,3 +69,9 @@ def test_target_modules_parse_from_a_comma_separated_string():
 
 def test_exchanges_per_round_rounds_up():
     assert RunConfig(local_steps=10, exchange_batches=4).exchanges_per_round == 3
+
+
+def test_noise_multiplier_and_target_epsilon_are_exclusive():
+    with pytest.raises(ConfigError, match="both set"):
+        RunConfig.from_run_config({"dp-noise-multiplier": 1.0, "dp-target-epsilon": 8.0})
+    assert RunConfig.from_run_config({"dp-target-epsilon": 8.0}).dp_enabled

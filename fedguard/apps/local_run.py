@@ -38,7 +38,7 @@ def flwr_run(tmp_path: Path, run_config: dict[str, object], num_supernodes: int 
              timeout: float = 900) -> subprocess.CompletedProcess:
     """``flwr run . --stream`` with ``run_config`` overrides and ``num_supernodes`` simulated clients."""
     home = tmp_path / "flwr-home"
-    home.mkdir()
+    home.mkdir(parents=True)
     env = {
         **os.environ,
         "FLWR_HOME": str(home),

@@ -46,6 +46,7 @@ def main(grid: Grid, context: Context) -> None:
         log.warning("dataset has no dev/validation split: evaluating on the first 1000 training rows")
     if config.eval_examples:
         eval_data = eval_data.subset(list(range(min(config.eval_examples, len(eval_data)))))
+    check_dp_target(config, len(data.train), len(list(grid.get_node_ids())))
     runtime = runtime_for(config, data.num_labels)  # raises SplitError for a split-layer out of range
     write_json_atomic(out / "config.json", config.to_dict())
     strategy = build_strategy(config)
@@ -84,6 +85,27 @@ def main(grid: Grid, context: Context) -> None:
         return
     log.info("best accuracy %.4f (round %d); final accuracy %.4f",
              metrics["best_accuracy"], metrics["best_round"], metrics["final_accuracy"])
+
+
+def check_dp_target(config: RunConfig, train_size: int, num_nodes: int) -> None:
+    """Fail before training if no noise multiplier reaches ``dp-target-epsilon`` over the planned steps.
+
+    Each client solves its own sigma from its shard size; this checks the typical client (the training set
+    split evenly over the connected clients).
+    """
+    if config.dp_target_epsilon <= 0:
+        return
+    from fedguard.privacy import noise_multiplier_for
+
+    rate = min(1.0, config.batch_size * max(1, num_nodes) / max(1, train_size))
+    steps = config.num_server_rounds * config.local_steps
+    try:
+        sigma = noise_multiplier_for(config.dp_target_epsilon, config.dp_delta, rate, steps)
+    except ValueError as err:
+        raise ValueError(f"dp-target-epsilon={config.dp_target_epsilon:g} cannot be reached over {steps} "
+                         f"steps at sampling rate ~{rate:.3g}: {err}") from err
+    log.info("dp-target-epsilon %g: clients will use a noise multiplier of about %.3f (sampling rate ~%.3g, "
+             "%d steps, delta %g)", config.dp_target_epsilon, sigma, rate, steps, config.dp_delta)
 
 
 def describe_privacy(record) -> str:  # noqa: ANN001 - a RoundRecord

@@ -74,20 +74,30 @@ def _cmd_sigma(args: argparse.Namespace) -> int:
 
 
 def _cmd_ledger(args: argparse.Namespace) -> int:
+    """Summarise a ledger. Without --kind each release kind (dp-sgd, activation, label-rr ...) is accounted
+    separately: they protect different releases, so one epsilon over all of them would mean nothing."""
     ledger = PrivacyLedger.load(args.path)
-    summary = ledger.summary(args.delta, args.kind, warn=False)
+    if args.kind:
+        groups = [args.kind]
+    else:
+        groups = [[k] for k in sorted({e.kind for c in ledger.clients() for e in ledger.events(c)})]
+    summaries = {",".join(kinds): ledger.summary(args.delta, kinds, warn=False) for kinds in groups}
     if args.json:
-        print(json.dumps(summary.to_dict()))
+        if args.kind:
+            print(json.dumps(next(iter(summaries.values())).to_dict()))
+        else:
+            print(json.dumps({kind: summary.to_dict() for kind, summary in summaries.items()}))
         return 0
-    kinds = "all kinds" if summary.kinds is None else ", ".join(summary.kinds)
-    print(f"ledger {args.path}: {len(summary.per_client)} clients, delta={args.delta:g}, {kinds}")
-    print(f"  {'client':<20} {'steps':>8} {'edgeworth':>10} {'certified':>10}")
-    for cid, est in summary.per_client.items():
-        print(f"  {cid:<20} {est.num_steps:>8} {est.epsilon_estimate:>10.4f} {est.epsilon_certified:>10.4f}")
-    if summary.worst_client is not None:
-        print(f"  worst client: {summary.worst_client} (certified epsilon {summary.worst.epsilon_certified:.4f}); "
-              f"median certified epsilon {summary.median_epsilon_certified:.4f}, "
-              f"median estimate {summary.median_epsilon_estimate:.4f}")
+    print(f"ledger {args.path}: {len(ledger.clients())} clients, delta={args.delta:g}")
+    for kind, summary in summaries.items():
+        print(f"release {kind}:")
+        print(f"  {'client':<20} {'steps':>8} {'edgeworth':>10} {'certified':>10}")
+        for cid, est in summary.per_client.items():
+            print(f"  {cid:<20} {est.num_steps:>8} {est.epsilon_estimate:>10.4f} {est.epsilon_certified:>10.4f}")
+        if summary.worst_client is not None:
+            print(f"  worst client: {summary.worst_client} (certified epsilon {summary.worst.epsilon_certified:.4f}); "
+                  f"median certified epsilon {summary.median_epsilon_certified:.4f}, "
+                  f"median estimate {summary.median_epsilon_estimate:.4f}")
     return 0
 
 

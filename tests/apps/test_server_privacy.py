@@ -83,3 +83,14 @@ def test_rdp_column_is_opacus_rdp_and_above_the_certified_bound(tmp_path):
     metrics = privacy.round_metrics()
     assert metrics["epsilon_adapter_estimate"] == rdp_epsilon([DP], 1e-5)
     assert metrics["epsilon_adapter_estimate"] >= metrics["epsilon_adapter_certified"] * 0.99
+
+
+def test_an_unreachable_target_epsilon_fails_before_training():
+    import pytest
+
+    from fedguard.apps.server_app import check_dp_target
+
+    check_dp_target(RunConfig(dp_target_epsilon=8.0), train_size=67_349, num_nodes=3)  # reachable: no error
+    with pytest.raises(ValueError, match="dp-target-epsilon=0.5 cannot be reached over 1000000 steps"):
+        check_dp_target(RunConfig(dp_target_epsilon=0.5, num_server_rounds=1000, local_steps=1000, batch_size=60_000),
+                        train_size=67_349, num_nodes=3)
