@@ -58,13 +58,13 @@ class _ClientSession:
         self.lengths = shard_word_counts(self.shard) if self.config.group_by_length else None
 
     def plan(self, server_round: int) -> list[list[int]]:
-        """The round's batches (shard indices), drawn with the client's secret: Poisson under DP-SGD."""
-        secret = self.privacy.secret
+        """The round's batches (shard indices). Under DP-SGD: Poisson sampling with the client's secret (the
+        server must not know who was sampled); otherwise reproducible from the run's ``seed``."""
         if self.privacy.noise_multiplier > 0:
-            return [poisson_batch(len(self.shard), self.privacy.sample_rate, secret, server_round, step)
+            return [poisson_batch(len(self.shard), self.privacy.sample_rate, self.privacy.secret, server_round, step)
                     for step in range(self.config.local_steps)]
         return round_batches(len(self.shard), self.config.batch_size, self.config.local_steps,
-                             secret % 2**31, self.partition_id, server_round, self.lengths)
+                             self.config.seed, self.partition_id, server_round, self.lengths)
 
     def chunk(self, server_round: int, start: int) -> tuple[list[TokenBatch], list[int], list[list[int]]]:
         plan = self.plan(server_round)
@@ -77,7 +77,8 @@ class _ClientSession:
                     batch.labels.tolist(), plan[step], self.num_labels, self.config.label_epsilon,
                     self.privacy.secret), dtype=batch.labels.dtype)
             batches.append(batch)
-            seeds.append((self.privacy.secret + server_round * 100_003 + step) % 2**31)
+            base = self.privacy.secret if self.privacy.noise_multiplier > 0 else self.config.seed * 1_000_003
+            seeds.append((base + self.partition_id * 10_007 + server_round * 100_003 + step) % 2**31)
         return batches, seeds, plan[start:stop]
 
     def save(self, progress: dict) -> None:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from fedguard.data.batches import TokenBatch
 from fedguard.mechanisms.dp_sgd import DPClientHalfTrainer
-from fedguard.model.lora import LoraSettings, attach_lora, trainable_state
+from fedguard.model.lora import LoraSettings, attach_lora, load_trainable_state, trainable_state
 from fedguard.model.split import family_of, split_model
 from tests.conftest import make_tiny
 
@@ -58,6 +58,19 @@ def test_per_example_gradients_through_the_split_equal_single_example_autograd(p
             torch.testing.assert_close(sample[i], expected[i][j], rtol=1e-4, atol=1e-7)
 
 
+def _private_step(client, server, ids, mask, labels, **options) -> dict[str, torch.Tensor]:
+    """One DP-SGD step of ``client`` through the split on one batch; returns the adapter after it."""
+    trainer = DPClientHalfTrainer(client, 1e-2, noise_multiplier=1.0, max_grad_norm=0.5, expected_batch_size=3,
+                                  **options)
+    try:
+        batch = TokenBatch(ids, mask, labels)
+        hidden = trainer.send([batch], [0])[0]
+        trainer.apply_gradients([batch], [0], [_server_gradient(server, hidden, mask, labels)])
+    finally:
+        trainer.close()
+    return trainable_state(client)
+
+
 def test_a_private_step_changes_the_adapter_and_is_noisy(padded_batch):
     ids, mask = padded_batch
     labels = torch.tensor([0, 2, 1])
@@ -65,17 +78,9 @@ def test_a_private_step_changes_the_adapter_and_is_noisy(padded_batch):
     before = trainable_state(client)
     results = []
     for _ in range(2):
-        from fedguard.model.lora import load_trainable_state
         load_trainable_state(client, before)
-        trainer = DPClientHalfTrainer(client, 1e-2, noise_multiplier=1.0, max_grad_norm=0.5, expected_batch_size=3)
-        try:
-            batch = TokenBatch(ids, mask, labels)
-            hidden = trainer.send([batch], [0])[0]
-            trainer.apply_gradients([batch], [0], [_server_gradient(server, hidden, mask, labels)])
-        finally:
-            trainer.close()
-        results.append(trainer_state := trainable_state(client))
-        assert any(not torch.equal(before[k], trainer_state[k]) for k in before)
+        results.append(_private_step(client, server, ids, mask, labels))
+        assert any(not torch.equal(before[k], results[-1][k]) for k in before)
     # Fresh secret noise each time: two private steps from the same start differ.
     assert any(not torch.equal(results[0][k], results[1][k]) for k in before)
 
@@ -96,16 +101,8 @@ def test_an_empty_poisson_batch_is_a_noise_only_step(padded_batch):
 
 def test_freezing_lora_a_keeps_every_a_matrix(padded_batch):
     ids, mask = padded_batch
-    labels = torch.tensor([0, 2, 1])
     client, server = _halves()
     before = trainable_state(client)
-    trainer = DPClientHalfTrainer(client, 1e-2, 1.0, 1.0, 3, freeze_lora_a=True)
-    try:
-        batch = TokenBatch(ids, mask, labels)
-        hidden = trainer.send([batch], [0])[0]
-        trainer.apply_gradients([batch], [0], [_server_gradient(server, hidden, mask, labels)])
-    finally:
-        trainer.close()
-    after = trainable_state(client)
+    after = _private_step(client, server, ids, mask, torch.tensor([0, 2, 1]), freeze_lora_a=True)
     assert all(torch.equal(before[k], after[k]) for k in before if ".lora_A." in k)
     assert any(not torch.equal(before[k], after[k]) for k in before if ".lora_B." in k)
