@@ -65,7 +65,7 @@ class RunConfig:
     max_activation_epsilon: float = 0.0
     accountant: str = "edgeworth"
     # Server aggregation strategy (see strategies/ and docs/writing-a-strategy.md).
-    strategy: str = "fedavg"
+    strategy: str = "auto"
     strategy_options: str = ""
     strategy_max_update_norm: float = 0.0
     strategy_reject_norm_factor: float = 10.0

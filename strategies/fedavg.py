@@ -1,19 +1,21 @@
-"""Example-weighted FedAvg of the client adapter tensors (each LoRA matrix averaged on its own)."""
+"""``fedavg``: example-weighted mean of every adapter tensor, each LoRA factor (A and B) on its own.
+
+The baseline. Note that mean(B) · mean(A) ≠ mean(B · A): averaging the factors separately does not average
+the clients' LoRA updates (see ``ffa-lora`` and ``svd`` for aggregations that do).
+"""
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAvg
+from collections.abc import Mapping, Sequence
 
-from fedguard.config import RunConfig
+import torch
+
+from strategies.base import AdapterStrategy, ClientUpdate, weighted_mean
 
 
-def build(config: RunConfig) -> FedAvg:
-    """Flower's FedAvg sampling ``fraction-train`` of the connected clients (at least ``min-fit-clients``)
-    and averaging the ``arrays`` of the replies weighted by their ``num-examples``."""
-    return FedAvg(
-        fraction_train=config.fraction_train,
-        fraction_evaluate=0.0,
-        min_train_nodes=config.min_fit_clients,
-        min_evaluate_nodes=0,
-        min_available_nodes=config.min_fit_clients,
-    )
+class FedAvgAdapters(AdapterStrategy):
+    """FedAvg of the client adapters, weighted by ``num-examples``."""
+
+    def aggregate_adapters(self, server_round: int, updates: Sequence[ClientUpdate],
+                           current_global: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return weighted_mean(updates)

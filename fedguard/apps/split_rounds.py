@@ -21,7 +21,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -67,6 +66,7 @@ class RoundRecord:
     epsilon_label: float | None = None
     privacy_delta: float | None = None
     clients_refused: dict[str, str] = field(default_factory=dict)
+    strategy_metrics: dict[str, object] = field(default_factory=dict)  # what the strategy's aggregate_train returned
 
 
 class SplitRoundRunner:
@@ -166,8 +166,11 @@ class SplitRoundRunner:
             log.warning("round %d: client %s dropped: %s", server_round, node, reason)
         valid = self._valid_finals(finals, dropped, server_round)
         aggregated = len(valid) >= self.config.min_fit_clients
+        aggregation: dict[str, object] = {}
         if aggregated:
-            arrays, _ = self.strategy.aggregate_train(server_round, valid)
+            arrays, strategy_metrics = self.strategy.aggregate_train(server_round, valid)
+            if strategy_metrics is not None:
+                aggregation = {k: v for k, v in strategy_metrics.items() if isinstance(v, (int, float, list))}
             if arrays is not None:
                 self.global_adapter = {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
         else:
@@ -185,7 +188,7 @@ class SplitRoundRunner:
             messaging_seconds=max(0.0, train_seconds - client_seconds - server_seconds), eval_seconds=eval_seconds,
             exchanges=exchanges, train_loss=sum(losses) / len(losses) if losses else math.nan,
             clients_sampled=len(sampled), clients_aggregated=len(valid) if aggregated else 0,
-            clients_dropped=dropped, aggregated=aggregated, clients_refused=refused,
+            clients_dropped=dropped, aggregated=aggregated, clients_refused=refused, strategy_metrics=aggregation,
             **self.privacy.round_metrics(),
         )
 
