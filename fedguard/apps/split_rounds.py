@@ -115,12 +115,15 @@ class SplitRoundRunner:
         while messages:
             bytes_down += sum(proto.payload_bytes(m.content) for m in messages)
             waiting = {m.metadata.dst_node_id for m in messages}
+            # An error reply for a node that went offline comes from the SuperLink, not the node: match replies
+            # to the instruction they answer, not to their sender.
             replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+            destination = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # ids set on send
             exchanges += 1
             messages = []
             slowest = 0.0
             for reply in replies:
-                node = reply.metadata.src_node_id
+                node = destination.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
                 waiting.discard(node)
                 if reply.has_error():
                     dropped[str(node)] = f"client error: {reply.error.reason}"
