@@ -8,7 +8,7 @@ strategy) and the mean round wall time; for ``svd`` also the per-round relative 
 
     python simulations/compare_strategies.py                      # fedavg, ffa-lora, svd; ~10 min on 2 cores
     python simulations/compare_strategies.py --variants svd --rounds 5 --set lora-r=4
-    python simulations/compare_strategies.py --with-dp            # adds DP_VARIANTS (none defined yet)
+    python simulations/compare_strategies.py --with-dp            # adds the DP-SGD variants (DP_VARIANTS)
 
 Run it under the shared lock on the 2-core machine: ``flock /tmp/fedguard-heavy.lock python ...``.
 """
@@ -18,15 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.apps.flwr_harness import flwr_run  # noqa: E402 - after the path set-up
+from fedguard.apps.local_run import ROOT, flwr_run
 
 # label -> run-config overrides that define the variant (on top of the shared setup).
 VARIANTS: dict[str, dict[str, object]] = {
@@ -34,10 +30,13 @@ VARIANTS: dict[str, dict[str, object]] = {
     "ffa-lora": {"strategy": "ffa-lora"},
     "svd": {"strategy": "svd"},
 }
-# Hook for DP-SGD variants (selected with --with-dp). Fill in once the DP-SGD run-config keys exist, e.g.
-#   "fedavg+dp": {"strategy": "fedavg", "dp-noise-multiplier": 1.0, ...},
-#   "ffa-lora+dp": {"strategy": "ffa-lora", "dp-noise-multiplier": 1.0, ...},
-DP_VARIANTS: dict[str, dict[str, object]] = {}
+# DP-SGD variants (selected with --with-dp): the same strategies with DP-SGD on every client's adapter.
+_DP = {"dp-noise-multiplier": 1.0, "dp-max-grad-norm": 1.0}
+DP_VARIANTS: dict[str, dict[str, object]] = {
+    "fedavg+dp": {"strategy": "fedavg", **_DP},
+    "ffa-lora+dp": {"strategy": "ffa-lora", **_DP},
+    "svd+dp": {"strategy": "svd", **_DP},
+}
 
 _AGGREGATED = re.compile(r"round (\d+): strategy \w+ aggregated \d+ adapter\(s\) in ([0-9.]+)s")
 _TRUNCATION = re.compile(r"round (\d+): strategy \w+ aggregated .*svd-truncation-error=([0-9.eE+-]+)")

@@ -20,13 +20,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]  # the source checkout (pyproject.toml with the Flower app)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _toml_value(value: object) -> str:
+def toml_value(value: object) -> str:
+    """``value`` written as a TOML scalar (for --run-config overrides)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -42,8 +44,8 @@ def flwr_run(tmp_path: Path, run_config: dict[str, object], num_supernodes: int 
     env = {
         **os.environ,
         "FLWR_HOME": str(home),
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -52,7 +54,7 @@ def flwr_run(tmp_path: Path, run_config: dict[str, object], num_supernodes: int 
         "HF_DATASETS_OFFLINE": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    overrides = " ".join(f"{key}={_toml_value(value)}" for key, value in run_config.items())
+    overrides = " ".join(f"{key}={toml_value(value)}" for key, value in run_config.items())
     command = [shutil.which("flwr", path=env["PATH"]) or "flwr", "run", ".", "--stream",
                "--run-config", overrides,
                "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus=1"]

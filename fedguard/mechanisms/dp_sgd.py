@@ -49,10 +49,9 @@ class DPClientHalfTrainer(ClientHalfTrainer):
                  activation: ActivationPrivacy | None = None) -> None:
         if noise_multiplier <= 0 or max_grad_norm <= 0 or expected_batch_size <= 0:
             raise ValueError("DP-SGD needs noise_multiplier > 0, max_grad_norm > 0, expected_batch_size > 0")
-        self.frozen_a = [p for n, p in half.named_parameters() if p.requires_grad and freeze_lora_a and ".lora_A." in n]
-        for p in self.frozen_a:  # Opacus computes per-sample gradients for every trainable parameter
-            p.requires_grad_(False)
-        super().__init__(half, learning_rate, False, activation)
+        # With freeze_lora_a the A matrices stay out of self.params (never clipped, noised or stepped); their
+        # requires_grad is left alone so the adapter's tensor set does not change.
+        super().__init__(half, learning_rate, freeze_lora_a, activation)
         self.gsm = GradSampleModule(half, batch_first=True, loss_reduction="sum")
         self.module = self.gsm
         generator = torch.Generator().manual_seed(secrets.randbits(63))
@@ -63,10 +62,8 @@ class DPClientHalfTrainer(ClientHalfTrainer):
         )
 
     def close(self) -> None:
-        """Remove Opacus' hooks and make frozen LoRA A matrices trainable again (the model is cached)."""
+        """Remove Opacus' hooks (the model is cached and reused)."""
         self.gsm._close()
-        for p in self.frozen_a:
-            p.requires_grad_(True)
 
     def per_example_gradients(self, batch: TokenBatch, dropout_seed: int,
                               grad_hidden: torch.Tensor) -> list[torch.Tensor]:
@@ -75,7 +72,8 @@ class DPClientHalfTrainer(ClientHalfTrainer):
         size = batch.input_ids.shape[0]
         if size == 0:
             return [torch.zeros((0, *p.shape)) for p in self.params]
-        for p in self.params:
+        trainable = [p for p in self.half.parameters() if p.requires_grad]
+        for p in trainable:
             p.grad_sample = None
             p.grad = None
         hidden = self.forward(batch, dropout_seed)
@@ -83,7 +81,7 @@ class DPClientHalfTrainer(ClientHalfTrainer):
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             hidden.backward(grad_hidden * size)
         samples = [p.grad_sample.detach().clone() for p in self.params]
-        for p in self.params:
+        for p in trainable:
             p.grad_sample = None
             p.grad = None
         return samples

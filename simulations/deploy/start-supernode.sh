@@ -2,8 +2,8 @@
 # Start one SuperNode (foreground) that connects to the SuperLink over TLS and authenticates with its key.
 # Usage: start-supernode.sh SUPERLINK_HOST:PORT CA_CERT KEYFILE NODE_CONFIG [RUNTIME_PORT]
 #   NODE_CONFIG: its data and privacy ledger, e.g.
-#     "partition-id=0 num-partitions=3 ledger-path='/var/lib/fedguard/ledger-0.jsonl'"
-#     "dataset='/data/site-a/train.csv' ledger-path='/var/lib/fedguard/ledger.jsonl'"
+#     "partition-id=0 num-partitions=3 ledger-path='/var/lib/fedguard/ledger-0.json'"
+#     "dataset='/data/site-a/train.csv' ledger-path='/var/lib/fedguard/ledger.json'"
 #   RUNTIME_PORT: local port of this SuperNode's Runtime API (default 9094; give each SuperNode on the
 #     same host its own).
 # Environment: FLWR_SUPEREXEC_TASK_POLL_INTERVAL (seconds, default here 0.1) - how often the SuperNode's

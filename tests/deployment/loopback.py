@@ -20,24 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from fedguard.apps.local_run import free_port
+from fedguard.apps.local_run import toml_value as _toml_value
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "simulations" / "deploy"
 BIN = Path(sys.executable).parent
 CONNECTION = "fedguard-loopback"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f"'{value}'"
-    return repr(value)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:

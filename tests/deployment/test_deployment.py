@@ -46,7 +46,7 @@ def crashed_run(deployment):
     for i in range(NODES):
         key = deployment.new_key(f"sn{i}")
         nodes.append(deployment.start_supernode(
-            f"sn{i}", key, f"partition-id={i} num-partitions={NODES} ledger-path='{work}/ledger-{i}.jsonl'"))
+            f"sn{i}", key, f"partition-id={i} num-partitions={NODES} ledger-path='{work}/ledger-{i}.json'"))
     ids = [deployment.wait_connected(node) for node in nodes]
     out = work / "run"
     run = deployment.flwr_run(ROOT, {**RUN_CONFIG, "output-dir": str(out)})

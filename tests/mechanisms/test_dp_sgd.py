@@ -106,3 +106,17 @@ def test_freezing_lora_a_keeps_every_a_matrix(padded_batch):
     after = _private_step(client, server, ids, mask, torch.tensor([0, 2, 1]), freeze_lora_a=True)
     assert all(torch.equal(before[k], after[k]) for k in before if ".lora_A." in k)
     assert any(not torch.equal(before[k], after[k]) for k in before if ".lora_B." in k)
+
+
+def test_the_adapter_keeps_its_tensors_while_a_private_ffa_trainer_is_open():
+    # The ClientApp builds the trainer, then loads the global adapter (A and B) into the half.
+    client, _ = _halves()
+    before = trainable_state(client)
+    trainer = DPClientHalfTrainer(client, 1e-2, 1.0, 1.0, 3, freeze_lora_a=True)
+    try:
+        load_trainable_state(client, before)
+        assert set(trainable_state(client)) == set(before)
+        assert not any(".lora_A." in name for name, p in client.named_parameters()
+                       if any(p is q for q in trainer.params))
+    finally:
+        trainer.close()
