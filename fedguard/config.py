@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 PARTITIONERS = ("iid", "dirichlet", "pathological")
-TASKS = ("classification",)
-LABEL_PROTECTIONS = ("clear", "randomized-response", "u-shape")
+TASKS = ("classification", "causal-lm")
+LABEL_PROTECTIONS = ("auto", "clear", "randomized-response", "u-shape")
+DEFAULT_DATASETS = {"classification": "sst2", "causal-lm": "alpaca-libre"}  # what dataset="auto" means
 ACCOUNTANTS = ("edgeworth", "pld", "rdp")
 
 
@@ -41,7 +42,7 @@ class RunConfig:
     learning_rate: float = 1e-3
     exchange_batches: int = 1
     group_by_length: bool = True
-    dataset: str = "sst2"
+    dataset: str = "auto"
     text_column: str = "sentence"
     label_column: str = "label"
     max_length: int = 64
@@ -52,6 +53,7 @@ class RunConfig:
     seed: int = 42
     output_dir: str = "runs/latest"
     round_timeout: float = 600.0
+    resume: bool = False
     # Local differential privacy (0 = off). See docs/threat-model.md for what each one protects.
     dp_noise_multiplier: float = 0.0
     dp_max_grad_norm: float = 1.0
@@ -60,10 +62,12 @@ class RunConfig:
     act_clip_norm: float = 0.0
     act_noise_multiplier: float = 0.0
     label_epsilon: float = 0.0
-    label_protection: str = "clear"
+    label_protection: str = "auto"
     max_epsilon: float = 0.0
     max_activation_epsilon: float = 0.0
     accountant: str = "edgeworth"
+    # Attack evaluation: examples per client whose sent tensors are written to output-dir/captures (0 = off).
+    capture_activations: int = 0
     # Server aggregation strategy (see strategies/ and docs/writing-a-strategy.md).
     strategy: str = "auto"
     strategy_options: str = ""
@@ -96,7 +100,18 @@ class RunConfig:
             raise ConfigError("invalid run config: " + "; ".join(problems))
         config = cls(**values)
         config.validate()
-        return config
+        return config.resolved()
+
+    def resolved(self) -> RunConfig:
+        """This config with every ``auto`` made concrete for its task: ``dataset`` (sst2 for
+        classification, the packaged alpaca-libre instructions for causal-lm) and ``label-protection``
+        (clear for classification; u-shape for causal-lm, where the labels are the text itself)."""
+        changes: dict[str, Any] = {}
+        if self.dataset == "auto":
+            changes["dataset"] = DEFAULT_DATASETS[self.task]
+        if self.label_protection == "auto":
+            changes["label_protection"] = "u-shape" if self.task == "causal-lm" else "clear"
+        return replace(self, **changes) if changes else self
 
     def validate(self) -> None:
         """Check every value; raise :class:`ConfigError` naming each bad key and what is allowed."""
@@ -124,17 +139,24 @@ class RunConfig:
         need(_finite(self.learning_rate) and self.learning_rate > 0,
              f"learning-rate={self.learning_rate}: must be a positive finite number")
         need(self.exchange_batches >= 1, f"exchange-batches={self.exchange_batches}: must be >= 1")
-        need(bool(self.dataset), "dataset: must be 'sst2' or a local file/folder path")
+        need(bool(self.dataset), "dataset: must be 'auto', 'sst2', 'alpaca-libre' or a local file/folder path")
         need(bool(self.text_column), "text-column: must not be empty")
         need(bool(self.label_column), "label-column: must not be empty")
         need(self.max_length >= 2, f"max-length={self.max_length}: must be >= 2")
         need(self.partitioner in PARTITIONERS,
              f"partitioner={self.partitioner!r}: unknown; allowed {', '.join(PARTITIONERS)}")
+        need(not (self.task == "causal-lm" and self.partitioner != "iid"),
+             f"partitioner={self.partitioner!r} splits by class label; task='causal-lm' has none: use 'iid'")
+        need(not (self.task == "causal-lm" and self.dataset == "sst2"),
+             "dataset='sst2' is a classification set; task='causal-lm' needs instruction data: 'auto' / "
+             "'alpaca-libre' (packaged) or a local JSON/JSONL file of instruction/input/output or chat records")
         need(_finite(self.dirichlet_alpha) and self.dirichlet_alpha > 0,
              f"dirichlet-alpha={self.dirichlet_alpha}: must be > 0")
         need(self.pathological_classes >= 1,
              f"pathological-classes={self.pathological_classes}: must be >= 1")
         need(self.eval_examples >= 0, f"eval-examples={self.eval_examples}: must be >= 0 (0 = all)")
+        need(self.capture_activations >= 0,
+             f"capture-activations={self.capture_activations}: must be >= 0 (0 = off)")
         need(bool(self.output_dir), "output-dir: must not be empty")
         need(_finite(self.round_timeout) and self.round_timeout > 0,
              f"round-timeout={self.round_timeout}: must be > 0 seconds")
@@ -171,9 +193,9 @@ class RunConfig:
              "act-noise-multiplier > 0 needs act-clip-norm > 0 (the noise is relative to the clip norm)")
         need(self.label_protection in LABEL_PROTECTIONS,
              f"label-protection={self.label_protection!r}: allowed {', '.join(LABEL_PROTECTIONS)}")
-        need(self.label_protection != "u-shape",
-             "label-protection='u-shape' (head and loss on the client) is not implemented yet; "
-             "use 'clear' or 'randomized-response'")
+        need(not (self.task == "causal-lm" and self.label_protection == "randomized-response"),
+             "label-protection='randomized-response' is for class labels; for task='causal-lm' the labels are "
+             "the text itself: use 'u-shape' (the default) to keep them on the client")
         need(not (self.label_protection == "randomized-response" and not self.label_epsilon > 0),
              "label-protection='randomized-response' needs label-epsilon > 0")
         need(not (self.max_epsilon > 0 and not self.dp_enabled),
@@ -187,6 +209,11 @@ class RunConfig:
     def dp_enabled(self) -> bool:
         """DP-SGD on the client adapter is on."""
         return self.dp_noise_multiplier > 0 or self.dp_target_epsilon > 0
+
+    @property
+    def u_shape(self) -> bool:
+        """The U-shaped split: head and loss on the client, only the middle blocks on the server."""
+        return self.label_protection == "u-shape"
 
     @property
     def activation_noise_enabled(self) -> bool:

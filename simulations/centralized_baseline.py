@@ -42,22 +42,6 @@ def _run_config(overrides: list[str]) -> RunConfig:
     return RunConfig.from_run_config(raw)
 
 
-class _Identity(torch.nn.Module):
-    """Lets ``evaluate_joined`` evaluate an unsplit model: the 'client half' passes token ids through."""
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return input_ids
-
-
-class _Whole(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=3, help="clients per round in the federated run (3)")
@@ -82,7 +66,12 @@ def main() -> None:
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     steps_per_round = args.clients * config.local_steps
     lengths = [len(t.split()) for t in data.train.text] if config.group_by_length else None
-    whole, identity = _Whole(model), _Identity()
+    order = sorted(range(len(eval_data)), key=lambda i: len(eval_data.text[i]))
+    eval_batches = [tokenize(tokenizer, eval_data, order[i:i + 64], config.max_length) for i in range(0, len(order), 64)]
+
+    def logits_of(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
     rows = []
     started = time.perf_counter()
     for server_round in range(1, config.num_server_rounds + 1):
@@ -95,7 +84,8 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        result = evaluate_joined(identity, whole, tokenizer, eval_data, config.max_length)
+        model.eval()
+        result = evaluate_joined(logits_of, eval_batches)
         examples = server_round * steps_per_round * config.batch_size
         rows.append((server_round, examples, result.accuracy, time.perf_counter() - started))
     federated = {}

@@ -36,8 +36,7 @@ def test_pyproject_run_config_is_valid_and_complete():
     ("act-clip-norm", float("nan"), "act-clip-norm=nan"),
     ("dp-delta", 1.0, "dp-delta=1.0: must be in (0, 1)"),
     ("dp-max-grad-norm", 0.0, "dp-max-grad-norm=0.0: must be > 0"),
-    ("label-protection", "u-shape", "not implemented yet"),
-    ("label-protection", "hide", "allowed clear, randomized-response, u-shape"),
+    ("label-protection", "hide", "allowed auto, clear, randomized-response, u-shape"),
     ("label-protection", "randomized-response", "needs label-epsilon > 0"),
     ("max-epsilon", 8.0, "max-epsilon needs DP-SGD"),
     ("act-noise-multiplier", 1.0, "needs act-clip-norm > 0"),
@@ -48,6 +47,27 @@ def test_bad_values_are_rejected_with_the_key_and_the_allowed_range(key, value, 
     with pytest.raises(ConfigError) as err:
         RunConfig.from_run_config(raw)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"task": "causal-lm", "dataset": "sst2"}, "dataset='sst2' is a classification set"),
+    ({"task": "causal-lm", "partitioner": "dirichlet"}, "task='causal-lm' has none: use 'iid'"),
+    ({"task": "causal-lm", "label-protection": "randomized-response", "label-epsilon": 1.0},
+     "the labels are the text itself"),
+])
+def test_causal_lm_rejects_what_only_makes_sense_for_class_labels(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_run_config({**_app_config(), **overrides})
+
+
+def test_auto_resolves_per_task_so_causal_lm_keeps_its_text_on_the_client():
+    classification = RunConfig.from_run_config(_app_config())
+    assert (classification.dataset, classification.label_protection) == ("sst2", "clear")
+    assert not classification.u_shape
+    causal = RunConfig.from_run_config({**_app_config(), "task": "causal-lm"})
+    assert (causal.dataset, causal.label_protection) == ("alpaca-libre", "u-shape") and causal.u_shape
+    # What was resolved is what the run directory records.
+    assert causal.to_dict()["label-protection"] == "u-shape"
 
 
 def test_several_problems_are_reported_together():

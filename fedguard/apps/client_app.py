@@ -15,9 +15,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedguard.apps.client_privacy import ClientPrivacy
-from fedguard.apps.runtime import client_shard, runtime_for, shard_word_counts
+from fedguard.apps.capture import ActivationCapture
+from fedguard.apps.runtime import client_shard, runtime_for, shard_rows, shard_word_counts
 from fedguard.config import RunConfig
-from fedguard.data.batches import TokenBatch, round_batches, tokenize
+from fedguard.data.batches import TokenBatch, round_batches
 from fedguard.mechanisms.dp_sgd import DPClientHalfTrainer
 from fedguard.mechanisms.labels import randomized_labels
 from fedguard.mechanisms.sampling import poisson_batch
@@ -31,6 +32,7 @@ app = ClientApp()
 _ADAPTER = "fedguard.adapter"
 _OPTIMIZER = "fedguard.optimizer"
 _PROGRESS = "fedguard.progress"
+_TOPS = "fedguard.top-hidden"  # U-shape: the server's top hidden states of the current chunk
 
 
 class _ClientSession:
@@ -45,7 +47,8 @@ class _ClientSession:
         self.partition_id = int(node.get("partition-id", 0))
         self.num_partitions = int(node.get("num-partitions", 1))
         local = node.get("dataset")
-        self.shard = client_shard(self.config, self.partition_id, self.num_partitions, str(local) if local else None)
+        self.local_dataset = str(local) if local else None
+        self.shard = client_shard(self.config, self.partition_id, self.num_partitions, self.local_dataset)
         self.privacy = ClientPrivacy(self.config, context, len(self.shard))
         if self.privacy.noise_multiplier > 0:
             self.trainer: ClientHalfTrainer = DPClientHalfTrainer(
@@ -71,7 +74,7 @@ class _ClientSession:
         stop = min(start + self.config.exchange_batches, self.config.local_steps)
         batches, seeds = [], []
         for step in range(start, stop):
-            batch = tokenize(self.runtime.tokenizer, self.shard, plan[step], self.config.max_length)
+            batch = self.runtime.encode(self.shard, plan[step], self.config.max_length)
             if self.config.label_protection == "randomized-response":
                 batch.labels[:] = torch.tensor(randomized_labels(
                     batch.labels.tolist(), plan[step], self.num_labels, self.config.label_epsilon,
@@ -100,12 +103,17 @@ class _ClientSession:
     def send_chunk(self, server_round: int, start: int, started: float, progress: dict) -> RecordDict:
         batches, seeds, indices = self.chunk(server_round, start)
         hidden = self.trainer.send(batches, seeds)
+        if self.config.capture_activations > 0:
+            rows = shard_rows(self.config, self.partition_id, self.num_partitions, self.local_dataset)
+            ActivationCapture(self.config, self.partition_id, rows).record(hidden, batches, indices, server_round)
         events = self.privacy.activation_events(indices, server_round)
         self.privacy.record(events)  # persisted before the activations leave
         progress.update({"round": server_round, "chunk-start": start, "chunk-size": len(batches)})
         self.save(progress)
+        labels_leave = not self.config.u_shape
         chunk = proto.ActivationChunk(
-            [proto.ActivationBatch(h, b.attention_mask, b.labels) for h, b in zip(hidden, batches)],
+            [proto.ActivationBatch(h, b.attention_mask, b.labels if labels_leave else None)
+             for h, b in zip(hidden, batches)],
             client_seconds=time.perf_counter() - started,
         )
         content = proto.encode_activations(chunk)
@@ -140,7 +148,8 @@ def start_round(msg: Message, context: Context) -> Message:
 
 @app.train("exchange")
 def exchange(msg: Message, context: Context) -> Message:
-    """Gradients for the last chunk: back-propagate, step, then send the next chunk or the final adapter."""
+    """Gradients for the last chunk: back-propagate, step, then send the next chunk or the final adapter.
+    U-shape: top hidden states for the last chunk: apply the head and loss, send d loss / d top back."""
     started = time.perf_counter()
     state = context.state
     saved = state.config_records.get(_PROGRESS, ConfigRecord())
@@ -149,10 +158,25 @@ def exchange(msg: Message, context: Context) -> Message:
         progress = session.restore()
         server_round, start = int(progress["round"]), int(progress["chunk-start"])
         batches, seeds, _ = session.chunk(server_round, start)
-        grads = proto.decode_gradients(msg.content, [
-            (b.input_ids.shape[0], b.input_ids.shape[1], session.runtime.hidden_size) for b in batches
-        ])
-        session.trainer.apply_gradients(batches, seeds, grads.gradients)
+        shapes = [(b.input_ids.shape[0], b.input_ids.shape[1], session.runtime.hidden_size) for b in batches]
+        if proto.TOP_HIDDEN in msg.content.array_records:
+            if not session.config.u_shape:
+                raise proto.ProtocolError("top hidden states arrived, but this run does not use the U-shaped split")
+            tops = proto.decode_top_hidden(msg.content, shapes).hidden
+            state[_TOPS] = ArrayRecord(torch_state_dict={str(i): t for i, t in enumerate(tops)})
+            grads_up = session.trainer.top_gradients(batches, seeds, tops)
+            content = proto.encode_top_gradients(proto.TopGradientChunk(grads_up, time.perf_counter() - started))
+            content[proto.PRIVACY] = proto.encode_privacy(session.privacy.client_id, [])
+            return Message(content, reply_to=msg)
+        grads = proto.decode_gradients(msg.content, shapes)
+        tops = None
+        if session.config.u_shape:
+            if _TOPS not in state.array_records:
+                raise proto.ProtocolError("gradients arrived before the top hidden states of this chunk (U-shape)")
+            saved_tops = state.array_records[_TOPS].to_torch_state_dict()
+            tops = [saved_tops[str(i)] for i in range(len(batches))]
+            del state[_TOPS]
+        session.trainer.apply_gradients(batches, seeds, grads.gradients, tops)
         progress["examples"] = int(progress["examples"]) + sum(int(b.labels.shape[0]) for b in batches)
         next_start = start + len(batches)
         if not (grads.final or next_start >= session.config.local_steps):

@@ -60,3 +60,30 @@ def save_adapters(out: Path, client: nn.Module, server: nn.Module, family: Famil
     config.save_pretrained(str(folder))
     save_file({k: v.detach().contiguous() for k, v in merged.items()}, str(folder / "adapter_model.safetensors"),
               metadata={"format": "pt"})
+
+
+class SampleWriter:
+    """Causal LM: greedy generations for a few fixed held-out prompts, appended to ``generations.jsonl``
+    after every round (one JSON object per prompt: ``round``, ``prompt``, ``reference``, ``generation``),
+    so a user can read what the model learned."""
+
+    def __init__(self, path: Path, runtime: Any, eval_data: Any, prompts: int = 3, max_new_tokens: int = 48,
+                 keep: bool = False) -> None:
+        self.path = path
+        self.runtime = runtime
+        count = min(prompts, len(eval_data))
+        self.prompts = [eval_data.prompt[i] for i in range(count)]
+        self.references = [eval_data.response[i] for i in range(count)]
+        self.max_new_tokens = max_new_tokens
+        if not keep:  # a new run; a resumed one appends
+            path.unlink(missing_ok=True)
+
+    def write(self, server_round: int) -> None:
+        """Generate with the joined model as it is now (global client adapter loaded by the caller)."""
+        from fedguard.training.generation import generate
+
+        texts = generate(self.runtime.task_model, self.runtime.tokenizer, self.prompts, self.max_new_tokens)
+        with self.path.open("a", encoding="utf-8") as handle:
+            for prompt, reference, text in zip(self.prompts, self.references, texts):
+                handle.write(json.dumps({"round": server_round, "prompt": prompt, "reference": reference,
+                                         "generation": text}) + "\n")

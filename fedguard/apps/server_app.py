@@ -11,8 +11,9 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedguard.apps.run_output import save_adapters, write_json_atomic
-from fedguard.apps.runtime import dataset_splits, lora_settings, runtime_for
+from fedguard.apps.checkpoint import load_checkpoint, save_checkpoint
+from fedguard.apps.run_output import SampleWriter, save_adapters, write_json_atomic
+from fedguard.apps.runtime import data_for, lora_settings, runtime_for
 from fedguard.apps.server_privacy import ServerPrivacy
 from fedguard.apps.split_rounds import SplitRoundRunner, as_dict
 from fedguard.config import RunConfig
@@ -40,7 +41,11 @@ def main(grid: Grid, context: Context) -> None:
     out.mkdir(parents=True, exist_ok=True)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    data = dataset_splits(config.dataset, config.text_column, config.label_column)
+    if config.task == "causal-lm" and not config.u_shape:
+        log.warning("task='causal-lm' with label-protection=%r: the labels are the text itself, so the server "
+                    "receives every client's text; use 'u-shape' to keep it on the clients",
+                    config.label_protection)
+    data = data_for(config)
     eval_data = data.dev if data.dev is not None else data.train.subset(list(range(min(1000, len(data.train)))))
     if data.dev is None:
         log.warning("dataset has no dev/validation split: evaluating on the first 1000 training rows")
@@ -53,11 +58,26 @@ def main(grid: Grid, context: Context) -> None:
     privacy = ServerPrivacy(config, out)
     runner = SplitRoundRunner(config, runtime, strategy, grid, eval_data, data.num_labels, privacy)
     log.info("output directory: %s", out)
-    accuracy, loss = runner.evaluate()
-    log.info("round 0 (before training): accuracy %.4f, loss %.4f on %d held-out examples",
-             accuracy, loss, len(eval_data))
-    metrics: dict = {"initial": {"accuracy": accuracy, "loss": loss, "eval_examples": len(eval_data)}, "rounds": []}
-    for server_round in range(1, config.num_server_rounds + 1):
+    checkpoint = load_checkpoint(out) if config.resume else None
+    samples = (SampleWriter(out / "generations.jsonl", runtime, eval_data, keep=checkpoint is not None)
+               if config.task == "causal-lm" else None)
+    if checkpoint is not None:
+        runner.restore(checkpoint)
+        metrics = checkpoint.metrics
+        log.info("resuming after round %d from %s (privacy ledger kept: %d client(s))", checkpoint.round,
+                 out / "checkpoint.pt", len(privacy.ledger.clients()))
+    else:
+        if config.resume:
+            log.warning("resume=true but %s has no checkpoint.pt: starting a new run", out)
+        initial = runner.evaluate()
+        log.info("round 0 (before training): %s on %d held-out examples", describe_evaluation(initial),
+                 len(eval_data))
+        metrics = {"initial": {"accuracy": initial.accuracy, "loss": initial.loss, "perplexity": initial.perplexity,
+                               "eval_examples": len(eval_data)}, "rounds": []}
+        if samples is not None:
+            samples.write(0)
+    first = checkpoint.round + 1 if checkpoint is not None else 1
+    for server_round in range(first, config.num_server_rounds + 1):
         if config.private and runner.eligible_clients() < config.min_fit_clients:
             log.warning("stopping before round %d: fewer than min-fit-clients=%d clients are within their "
                         "privacy budgets (%s)", server_round, config.min_fit_clients, privacy.excluded)
@@ -66,11 +86,16 @@ def main(grid: Grid, context: Context) -> None:
         metrics["rounds"].append(as_dict(record))
         best = max(metrics["rounds"], key=lambda r: r["accuracy"])
         metrics.update(best_accuracy=best["accuracy"], best_round=best["round"], final_accuracy=record.accuracy)
+        if record.perplexity is not None:
+            metrics["final_perplexity"] = record.perplexity
         write_json_atomic(out / "metrics.json", metrics)
+        save_checkpoint(out, runner.checkpoint(server_round, metrics))
+        if samples is not None:
+            samples.write(server_round)
         log.info(
-            "round %d: accuracy %.4f, loss %.4f | %.1fs (clients %.1fs, server %.1fs, messaging %.1fs, eval %.1fs)"
+            "round %d: %s | %.1fs (clients %.1fs, server %.1fs, messaging %.1fs, eval %.1fs)"
             " | up %.2f MB, down %.2f MB | %d/%d clients aggregated",
-            record.round, record.accuracy, record.loss, record.seconds, record.client_seconds,
+            record.round, describe_evaluation(record), record.seconds, record.client_seconds,
             record.server_seconds, record.messaging_seconds, record.eval_seconds, record.bytes_up / 1e6,
             record.bytes_down / 1e6, record.clients_aggregated, record.clients_sampled,
         )
@@ -85,6 +110,13 @@ def main(grid: Grid, context: Context) -> None:
         return
     log.info("best accuracy %.4f (round %d); final accuracy %.4f",
              metrics["best_accuracy"], metrics["best_round"], metrics["final_accuracy"])
+
+
+def describe_evaluation(result) -> str:  # noqa: ANN001 - an Evaluation or a RoundRecord
+    if result.perplexity is not None:
+        return (f"held-out loss {result.loss:.4f} per response token, perplexity {result.perplexity:.2f}, "
+                f"next-token accuracy {result.accuracy:.4f}")
+    return f"accuracy {result.accuracy:.4f}, loss {result.loss:.4f}"
 
 
 def check_dp_target(config: RunConfig, train_size: int, num_nodes: int) -> None:

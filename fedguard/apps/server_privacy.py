@@ -36,7 +36,15 @@ class ServerPrivacy:
 
     def __init__(self, config: RunConfig, out_dir: Path) -> None:
         self.config = config
-        self.ledger = PrivacyLedger(out_dir / "privacy_ledger.json", autosave=False)
+        path = out_dir / "privacy_ledger.json"
+        if config.resume and path.exists():
+            self.ledger = PrivacyLedger.load(path, autosave=False)  # everything recorded before the restart
+        else:
+            if path.exists():  # another run's records: kept aside, never overwritten
+                kept = path.with_name(f"privacy_ledger.{int(path.stat().st_mtime)}.json")
+                path.replace(kept)
+                log.warning("output-dir already held a privacy ledger (resume=false): moved it to %s", kept)
+            self.ledger = PrivacyLedger(path, autosave=False)
         self.client_of: dict[int, str] = {}  # node id -> the client id it reports
         self.excluded: dict[str, str] = {}  # client id -> why it is no longer sampled
         self.last_round: dict[str, list[MechanismEvent]] = {}

@@ -5,6 +5,9 @@ Per round:
 1. ``strategy.configure_train`` samples clients and builds the ``train`` messages (global client adapter);
 2. exchanges: every active client sends a chunk of hidden states; the server trains its half on each batch
    (clients in arrival order, batches in order) and sends back the gradients; clients compute in parallel;
+   (U-shaped split: the server forwards each chunk through its middle blocks and sends the top hidden
+   states down; once every client has returned d loss / d top, it back-propagates them all, then steps its
+   middle adapter — see :class:`~fedguard.training.server_half.MiddleTrainer` — and sends the gradients);
 3. the final replies (client adapter + ``num-examples``) are checked and handed to
    ``strategy.aggregate_train``; the result is the next global client adapter;
 4. the joined model is evaluated on the held-out split.
@@ -25,13 +28,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedguard.apps.checkpoint import Checkpoint, restore_rng, rng_state
 from fedguard.apps.runtime import SplitRuntime
 from fedguard.apps.server_privacy import EligibleGrid, ServerPrivacy
 from fedguard.config import RunConfig
 from fedguard.data.sources import TextDataset
 from fedguard.model.lora import load_trainable_state, trainable_state
 from fedguard.protocol import messages as proto
-from fedguard.training.server_half import ServerHalfTrainer, evaluate_joined
+from fedguard.protocol.messages import ActivationBatch
+from fedguard.training import optimizer_state
+from fedguard.training.server_half import Evaluation, MiddleTrainer, ServerHalfTrainer, evaluate_joined
 from strategies.validation import rejection_norm, split_replies
 
 log = logging.getLogger("fedguard")
@@ -42,7 +48,7 @@ class RoundRecord:
     """One ``rounds`` entry of ``metrics.json``. Seconds are wall-clock; bytes are tensor payload bytes."""
 
     round: int
-    accuracy: float
+    accuracy: float  # classification accuracy; next-token accuracy on response tokens for a causal LM
     loss: float
     bytes_up: int
     bytes_down: int
@@ -52,7 +58,7 @@ class RoundRecord:
     messaging_seconds: float  # the rest of the training wall time: waiting on the network/engine
     eval_seconds: float
     exchanges: int
-    train_loss: float
+    train_loss: float  # NaN in the U-shaped split: the loss never leaves the clients
     clients_sampled: int
     clients_aggregated: int
     clients_dropped: dict[str, str] = field(default_factory=dict)
@@ -67,6 +73,7 @@ class RoundRecord:
     privacy_delta: float | None = None
     clients_refused: dict[str, str] = field(default_factory=dict)
     strategy_metrics: dict[str, object] = field(default_factory=dict)  # what the strategy's aggregate_train returned
+    perplexity: float | None = None  # causal LM: exp(held-out loss per response token)
 
 
 class SplitRoundRunner:
@@ -82,14 +89,17 @@ class SplitRoundRunner:
         self.num_labels = num_labels
         self.privacy = privacy
         self.server = ServerHalfTrainer(runtime.server, config.learning_rate)
+        self.middle = MiddleTrainer(runtime.server, config.learning_rate) if config.u_shape else None
         self.global_adapter = trainable_state(runtime.client)
+        self.eval_batches = runtime.eval_batches(eval_data, config.max_length)
 
     # -- evaluation ------------------------------------------------------------------------------
-    def evaluate(self) -> tuple[float, float]:
+    def evaluate(self) -> Evaluation:
+        """The joined model (global client adapter + the server's adapter) on the held-out examples."""
         load_trainable_state(self.runtime.client, self.global_adapter)
-        result = evaluate_joined(self.runtime.client, self.runtime.server, self.runtime.tokenizer,
-                                 self.eval_data, self.config.max_length)
-        return result.accuracy, result.loss
+        self.runtime.client.eval()
+        self.runtime.server.eval()
+        return evaluate_joined(self.runtime.logits, self.eval_batches)
 
     # -- one round -------------------------------------------------------------------------------
     def eligible_clients(self) -> int:
@@ -112,6 +122,7 @@ class SplitRoundRunner:
         losses: list[float] = []
         finals: list[Message] = []
         exchanges = 0
+        pending: dict[int, tuple[list[ActivationBatch], list[int]]] = {}  # U-shape: chunks awaiting d loss/d top
         while messages:
             bytes_down += sum(proto.payload_bytes(m.content) for m in messages)
             waiting = {m.metadata.dst_node_id for m in messages}
@@ -122,14 +133,17 @@ class SplitRoundRunner:
             exchanges += 1
             messages = []
             slowest = 0.0
+            middle_steps: list[list] = []
             for reply in replies:
                 node = destination.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
                 waiting.discard(node)
                 if reply.has_error():
                     dropped[str(node)] = f"client error: {reply.error.reason}"
+                    pending.pop(node, None)
                     continue
                 bytes_up += proto.payload_bytes(reply.content)
-                problem = self.privacy.observe(node, reply.content)  # spending is recorded first
+                problem = self.privacy.observe(node, reply.content)  # spending is recorded first,
+                self.privacy.save()  # and on disk before anything else can fail
                 if proto.REFUSAL in reply.content.config_records:
                     reason = str(reply.content.config_records[proto.REFUSAL].get("reason", "no reason given"))
                     refused[str(node)] = reason
@@ -139,28 +153,52 @@ class SplitRoundRunner:
                     problem = self.privacy.check_final(node, reply.content, done_steps[node])
                 if problem is not None:
                     dropped[str(node)] = f"privacy record rejected: {problem}"
+                    pending.pop(node, None)
                     continue
                 if done_steps.get(node, 0) >= self.config.local_steps:
                     finals.append(reply)
                     continue
                 try:
-                    chunk = proto.decode_activations(reply.content, self.runtime.hidden_size)
+                    if node in pending:  # U-shape, second half of a chunk: the client's d loss / d top
+                        batches, seeds = pending.pop(node)
+                        tops = proto.decode_top_gradients(reply.content, [tuple(b.hidden.shape) for b in batches])
+                        slowest = max(slowest, tops.client_seconds)
+                        t0 = time.perf_counter()
+                        results = [self.middle.backward(b, seed, g)
+                                   for b, seed, g in zip(batches, seeds, tops.gradients)]
+                        server_seconds += time.perf_counter() - t0
+                        middle_steps.extend(grads for b, (_, grads) in zip(batches, results) if b.hidden.shape[0])
+                        messages.append(self._gradient_message(node, [g for g, _ in results], done_steps,
+                                                               server_round))
+                        continue
+                    chunk = proto.decode_activations(reply.content, self.runtime.hidden_size,
+                                                     expect_labels=not self.config.u_shape)
                 except proto.ProtocolError as err:
-                    dropped[str(node)] = f"malformed activations: {err}"
+                    dropped[str(node)] = f"malformed reply: {err}"
                     continue
                 slowest = max(slowest, chunk.client_seconds)
                 t0 = time.perf_counter()
+                if self.middle is not None:
+                    seeds = [self._middle_seed(server_round, node, exchanges, j) for j in range(len(chunk.batches))]
+                    tops_down = [self.middle.forward(b, seed) for b, seed in zip(chunk.batches, seeds)]
+                    pending[node] = (chunk.batches, seeds)
+                    server_seconds += time.perf_counter() - t0
+                    messages.append(Message(proto.encode_top_hidden(proto.TopHiddenChunk(tops_down), server_round),
+                                            dst_node_id=node, message_type=proto.EXCHANGE))
+                    continue
                 outcomes = [self.server.train_batch(batch) for batch in chunk.batches]
                 server_seconds += time.perf_counter() - t0
                 losses.extend(o.loss for o in outcomes if o.examples)
-                done_steps[node] += len(outcomes)
-                final = done_steps[node] >= self.config.local_steps
-                content = proto.encode_gradients(
-                    proto.GradientChunk([o.grad_hidden for o in outcomes], final), server_round)
-                messages.append(Message(content, dst_node_id=node, message_type=proto.EXCHANGE))
+                messages.append(self._gradient_message(node, [o.grad_hidden for o in outcomes], done_steps,
+                                                       server_round))
+            t0 = time.perf_counter()
+            for grads in middle_steps:  # after every backward of this exchange: all saw the same weights
+                self.middle.step(grads)
+            server_seconds += time.perf_counter() - t0
             for node in waiting:
                 dropped[str(node)] = f"no reply within round-timeout={timeout:g}s"
                 done_steps.pop(node, None)
+                pending.pop(node, None)
             client_seconds += slowest
             self.privacy.save()
         for node, reason in refused.items():
@@ -183,10 +221,11 @@ class SplitRoundRunner:
         self.privacy.update_budgets()
         self.privacy.save()
         t0 = time.perf_counter()
-        accuracy, loss = self.evaluate()
+        evaluation = self.evaluate()
         eval_seconds = time.perf_counter() - t0
         return RoundRecord(
-            round=server_round, accuracy=accuracy, loss=loss, bytes_up=bytes_up, bytes_down=bytes_down,
+            round=server_round, accuracy=evaluation.accuracy, loss=evaluation.loss, perplexity=evaluation.perplexity,
+            bytes_up=bytes_up, bytes_down=bytes_down,
             seconds=time.perf_counter() - started, client_seconds=client_seconds, server_seconds=server_seconds,
             messaging_seconds=max(0.0, train_seconds - client_seconds - server_seconds), eval_seconds=eval_seconds,
             exchanges=exchanges, train_loss=sum(losses) / len(losses) if losses else math.nan,
@@ -194,6 +233,42 @@ class SplitRoundRunner:
             clients_dropped=dropped, aggregated=aggregated, clients_refused=refused, strategy_metrics=aggregation,
             **self.privacy.round_metrics(),
         )
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    @property
+    def server_trainer(self) -> ServerHalfTrainer | MiddleTrainer:
+        return self.middle if self.middle is not None else self.server
+
+    def checkpoint(self, server_round: int, metrics: dict) -> Checkpoint:
+        """The state after ``server_round`` completed (see :mod:`fedguard.apps.checkpoint`)."""
+        optimizer = self.server_trainer.optimizer
+        return Checkpoint(server_round, {k: v.clone() for k, v in self.global_adapter.items()},
+                          trainable_state(self.runtime.server),
+                          optimizer_state.flatten(optimizer) if optimizer is not None else {},
+                          metrics, dict(self.privacy.excluded), rng_state())
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from ``checkpoint`` (same model, split and LoRA settings; checked by tensor names)."""
+        load_trainable_state(self.runtime.client, checkpoint.global_adapter)
+        self.global_adapter = {k: v.clone() for k, v in checkpoint.global_adapter.items()}
+        load_trainable_state(self.runtime.server, checkpoint.server_adapter)
+        optimizer = self.server_trainer.optimizer
+        if optimizer is not None and checkpoint.server_optimizer:
+            optimizer_state.restore(optimizer, checkpoint.server_optimizer)
+        self.privacy.excluded.update(checkpoint.excluded)
+        restore_rng(checkpoint.rng)
+
+    def _gradient_message(self, node: int, gradients: list, done_steps: dict[int, int], server_round: int) -> Message:
+        """The gradients of a chunk's hidden states; ``final`` once the node has done its local steps."""
+        done_steps[node] += len(gradients)
+        final = done_steps[node] >= self.config.local_steps
+        content = proto.encode_gradients(proto.GradientChunk(gradients, final), server_round)
+        return Message(content, dst_node_id=node, message_type=proto.EXCHANGE)
+
+    def _middle_seed(self, server_round: int, node: int, exchange: int, batch: int) -> int:
+        """Dropout seed of one middle-block forward (recomputed identically for its backward)."""
+        return (self.config.seed * 1_000_003 + server_round * 100_003 + node % 1_000_033 * 7 + exchange * 31
+                + batch) % 2**31
 
     def _valid_finals(self, finals: list[Message], dropped: dict[str, str], server_round: int) -> list[Message]:
         """Replies that pass :func:`strategies.validation.reply_problem` against the current global adapter

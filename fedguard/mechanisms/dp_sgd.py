@@ -13,6 +13,11 @@ round of ``local-steps`` steps is the Poisson-subsampled Gaussian mechanism the 
 (example-level add/remove neighbours within the client's shard). Noise is drawn from a generator seeded by
 the OS's CSPRNG, never from the run's public seed.
 
+U-shaped split: the client also holds the head, so example i's gradient has two parts — through the
+bottom (from the server's returned gradient, as above) and through the head (from the client's own
+per-example loss on the server's top hidden states). Both are taken in one backward pass over
+``B·Σ_i g_i·h_i + Σ_i ℓ_i``, so Opacus clips each example's *whole* gradient.
+
 Opacus' ghost clipping needs the loss on the module's own device; here the loss is on the server, so the
 per-sample-gradient path (small for LoRA) is used.
 """
@@ -65,10 +70,11 @@ class DPClientHalfTrainer(ClientHalfTrainer):
         """Remove Opacus' hooks (the model is cached and reused)."""
         self.gsm._close()
 
-    def per_example_gradients(self, batch: TokenBatch, dropout_seed: int,
-                              grad_hidden: torch.Tensor) -> list[torch.Tensor]:
+    def per_example_gradients(self, batch: TokenBatch, dropout_seed: int, grad_hidden: torch.Tensor,
+                              top: torch.Tensor | None = None) -> list[torch.Tensor]:
         """dℓ_i/dθ for each example i and trainable parameter θ ([B, *θ.shape] each), from the server's
-        gradient of the *mean* batch loss w.r.t. the hidden states."""
+        gradient of the *mean* batch loss w.r.t. the hidden states (and, U-shape, the head's own loss on the
+        server's ``top`` hidden states)."""
         size = batch.input_ids.shape[0]
         if size == 0:
             return [torch.zeros((0, *p.shape)) for p in self.params]
@@ -77,19 +83,24 @@ class DPClientHalfTrainer(ClientHalfTrainer):
             p.grad_sample = None
             p.grad = None
         hidden = self.forward(batch, dropout_seed)
+        total = (hidden * (grad_hidden * size)).sum()
+        if top is not None:
+            total = total + self.head_loss(batch, top.detach(), dropout_seed, per_example=True).sum()
         with warnings.catch_warnings():  # the backward starts at the module output: expected here
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            hidden.backward(grad_hidden * size)
-        samples = [p.grad_sample.detach().clone() for p in self.params]
+            total.backward()
+        samples = [p.grad_sample.detach().clone() if p.grad_sample is not None else torch.zeros((size, *p.shape))
+                   for p in self.params]
         for p in trainable:
             p.grad_sample = None
             p.grad = None
         return samples
 
     def apply_gradients(self, batches: Sequence[TokenBatch], seeds: Sequence[int],
-                        grads: Sequence[torch.Tensor]) -> None:
+                        grads: Sequence[torch.Tensor], tops: Sequence[torch.Tensor] | None = None) -> None:
         """One private optimiser step per batch (all per-example gradients taken at the chunk's start)."""
-        per_batch = [self.per_example_gradients(b, s, g) for b, s, g in zip(batches, seeds, grads)]
+        per_batch = [self.per_example_gradients(b, s, g, None if tops is None else tops[j])
+                     for j, (b, s, g) in enumerate(zip(batches, seeds, grads))]
         for samples in per_batch:
             for p, sample in zip(self.params, samples):
                 p.grad_sample = sample

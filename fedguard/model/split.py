@@ -152,22 +152,32 @@ def _base_view(task_model: nn.Module, family: Family, start: int, stop: int, ser
             else:
                 view._modules[name] = _NoTokenEmbeddings()
     else:
-        if family.final_norm is not None:
-            view._modules[family.final_norm] = nn.Identity()
-        if "pooler" in view._modules:
-            view._modules["pooler"] = None
+        _strip_top(view, family)
     return view
 
 
 class ClientHalf(nn.Module):
-    """Embeddings + blocks ``[0, split_layer)``; maps token ids to the hidden states that cross the split."""
+    """Embeddings + blocks ``[0, split_layer)``; maps token ids to the hidden states that cross the split.
 
-    def __init__(self, task_model: nn.Module, split_layer: int) -> None:
+    With ``with_head`` (the U-shaped split) it also holds the top of the network — the final norm, the
+    pooler (BERT) and the task head — applied by :meth:`head` to the hidden states the server returns, so
+    labels, logits and the loss never leave the client.
+    """
+
+    def __init__(self, task_model: nn.Module, split_layer: int, with_head: bool = False) -> None:
         super().__init__()
         self.family = family_of(task_model)
         self.split_layer = split_layer
         self.config = task_model.config
         setattr(self, self.family.base, _base_view(task_model, self.family, 0, split_layer, server=False))
+        self.head_kind: str | None = None
+        if with_head:
+            base = getattr(task_model, self.family.base)
+            self.head_kind = _head_kind(task_model, self.family)
+            self.top_norm = getattr(base, self.family.final_norm) if self.family.final_norm else nn.Identity()
+            self.top_pooler = base.pooler if self.head_kind == "bert-pooler" else nn.Identity()
+            for name in _HEAD_MODULES[self.head_kind]:
+                setattr(self, name, getattr(task_model, name))
 
     @property
     def base(self) -> nn.Module:
@@ -177,38 +187,50 @@ class ClientHalf(nn.Module):
         """Hidden states ``[batch, seq, hidden]`` after block ``split_layer`` (before any final norm)."""
         return self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
+    def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """U-shaped split only: task logits from the hidden states after the last block (pre final norm)."""
+        if self.head_kind is None:
+            raise RuntimeError("this client half has no head (built without with_head)")
+        normed = self.top_norm(hidden)
+        pooled = self.top_pooler(normed) if self.head_kind == "bert-pooler" else None
+        return _head_logits(self, self.head_kind, normed, pooled, attention_mask)
+
 
 class ServerHalf(nn.Module):
-    """Blocks ``[split_layer, N)`` + final norm + task head; maps split hidden states to logits."""
+    """Blocks ``[split_layer, N)`` + final norm + task head; maps split hidden states to logits.
 
-    def __init__(self, task_model: nn.Module, split_layer: int) -> None:
+    Without ``with_head`` (the U-shaped split) it is the middle of the network only: blocks
+    ``[split_layer, N)``, returning the hidden states after the last block, before any final norm.
+    """
+
+    def __init__(self, task_model: nn.Module, split_layer: int, with_head: bool = True) -> None:
         super().__init__()
         self.family = family_of(task_model)
         self.split_layer = split_layer
         self.config = task_model.config
         total = num_blocks(task_model)
-        setattr(self, self.family.base, _base_view(task_model, self.family, split_layer, total, server=True))
-        self.head_kind = _head_kind(task_model, self.family)
-        for name in _HEAD_MODULES[self.head_kind]:
-            setattr(self, name, getattr(task_model, name))
+        view = _base_view(task_model, self.family, split_layer, total, server=True)
+        self.head_kind: str | None = None
+        if with_head:
+            self.head_kind = _head_kind(task_model, self.family)
+            for name in _HEAD_MODULES[self.head_kind]:
+                setattr(self, name, getattr(task_model, name))
+        else:
+            _strip_top(view, self.family)
+        setattr(self, self.family.base, view)
 
     @property
     def base(self) -> nn.Module:
         return getattr(self, self.family.base)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Task logits: ``[batch, num_labels]`` (classification) or ``[batch, seq, vocab]`` (causal LM)."""
+        """Task logits: ``[batch, num_labels]`` (classification) or ``[batch, seq, vocab]`` (causal LM);
+        without a head, the hidden states ``[batch, seq, hidden]`` after the last block."""
         out = self.base(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False)
-        if self.head_kind == "bert-pooler":
-            return self.classifier(self.dropout(out.pooler_output))
-        if self.head_kind == "roberta-head":
-            return self.classifier(out.last_hidden_state)
-        if self.head_kind == "last-token-score":
-            scores = self.score(out.last_hidden_state)
-            positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-            last = (positions * attention_mask.to(positions.dtype)).argmax(-1)
-            return scores[torch.arange(scores.shape[0], device=scores.device), last]
-        return self.lm_head(out.last_hidden_state)
+        if self.head_kind is None:
+            return out.last_hidden_state
+        pooled = out.pooler_output if self.head_kind == "bert-pooler" else None
+        return _head_logits(self, self.head_kind, out.last_hidden_state, pooled, attention_mask)
 
 
 _HEAD_MODULES = {
@@ -217,6 +239,29 @@ _HEAD_MODULES = {
     "last-token-score": ("score",),
     "lm-head": ("lm_head",),
 }
+
+
+def _strip_top(view: nn.Module, family: Family) -> None:
+    """Remove what follows the blocks (final norm, pooler) from a base-model view."""
+    if family.final_norm is not None:
+        view._modules[family.final_norm] = nn.Identity()
+    if "pooler" in view._modules:
+        view._modules["pooler"] = None
+
+
+def _head_logits(owner: nn.Module, head_kind: str, last_hidden: torch.Tensor, pooled: torch.Tensor | None,
+                 attention_mask: torch.Tensor) -> torch.Tensor:
+    """The task head of ``owner`` applied to the final (normed) hidden states, as ``transformers`` does."""
+    if head_kind == "bert-pooler":
+        return owner.classifier(owner.dropout(pooled))
+    if head_kind == "roberta-head":
+        return owner.classifier(last_hidden)
+    if head_kind == "last-token-score":
+        scores = owner.score(last_hidden)
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        last = (positions * attention_mask.to(positions.dtype)).argmax(-1)
+        return scores[torch.arange(scores.shape[0], device=scores.device), last]
+    return owner.lm_head(last_hidden)
 
 
 def _head_kind(task_model: nn.Module, family: Family) -> str:
@@ -237,8 +282,11 @@ def _head_kind(task_model: nn.Module, family: Family) -> str:
     )
 
 
-def split_model(task_model: nn.Module, split_layer: int) -> tuple[ClientHalf, ServerHalf]:
+def split_model(task_model: nn.Module, split_layer: int, u_shape: bool = False) -> tuple[ClientHalf, ServerHalf]:
     """Split ``task_model`` after block ``split_layer`` (0 = only the embeddings on the client).
+
+    ``u_shape``: the client half also keeps the final norm and the task head (:meth:`ClientHalf.head`) and
+    the server half is the middle blocks only, so ``client.head(server(client(x)))`` is the model's logits.
 
     Raises :class:`SplitError` for an unsupported architecture or ``split_layer`` outside
     ``[0, num_blocks]``.
@@ -249,4 +297,4 @@ def split_model(task_model: nn.Module, split_layer: int) -> tuple[ClientHalf, Se
             f"split-layer={split_layer!r} is out of range for {type(task_model).__name__} "
             f"with {total} blocks: allowed 0..{total}"
         )
-    return ClientHalf(task_model, split_layer), ServerHalf(task_model, split_layer)
+    return ClientHalf(task_model, split_layer, with_head=u_shape), ServerHalf(task_model, split_layer, not u_shape)

@@ -9,8 +9,14 @@ One training round for one client is a sequence of exchanges (request → reply)
 3. ``train.exchange`` with ``final=True``: the last gradients. Reply: the client adapter (``"arrays"``) and
    ``"metrics"`` with ``num-examples`` — the shape Flower strategies aggregate.
 
+U-shaped split (``label-protection = "u-shape"``): the server holds only the middle blocks, so each chunk
+takes two exchanges. After the client's :class:`ActivationChunk` the server replies with ``train.exchange``
+carrying :class:`TopHiddenChunk` (the hidden states after the last block); the client applies its head and
+loss and replies with :class:`TopGradientChunk` (d loss / d those hidden states, no labels, logits or loss);
+the server back-propagates them through the middle and sends the :class:`GradientChunk` of step 2/3.
+
 A chunk holds ``exchange-batches`` batches. Only hidden states at the split, the 2-D padding mask and the
-labels travel up; only gradients of those hidden states travel down. No token ids, key/value caches or
+labels (none in the U-shaped split) travel up; only gradients of those hidden states travel down. No token ids, key/value caches or
 model weights beyond the client adapter are ever sent. Every decoder validates what it receives and
 raises :class:`ProtocolError` with the reason, so a malformed reply drops that client for the round
 instead of crashing it.
@@ -31,6 +37,8 @@ EXCHANGE = "train.exchange"
 
 ACTIVATIONS = "activations"
 GRADIENTS = "gradients"
+TOP_HIDDEN = "top-hidden"  # U-shape: server -> client, hidden states after the last (server) block
+TOP_GRADIENTS = "top-gradients"  # U-shape: client -> server, d loss / d top hidden states
 CHUNK = "chunk"
 TIMING = "timing"
 ADAPTER = "arrays"  # Flower strategies' default ArrayRecord key
@@ -49,7 +57,7 @@ class ProtocolError(ValueError):
 @dataclass
 class ActivationBatch:
     """One batch as it crosses the split: ``hidden`` [B, T, H] float, ``attention_mask`` [B, T] (1 = token),
-    ``labels`` [B] class ids (or ``None`` when labels stay on the client)."""
+    ``labels`` [B] class ids or [B, T] target tokens (causal LM), or ``None`` when labels stay on the client."""
 
     hidden: torch.Tensor
     attention_mask: torch.Tensor
@@ -61,6 +69,21 @@ class ActivationChunk:
     """The client's upward message: ``batches`` in order, and its compute time for this exchange (s)."""
 
     batches: list[ActivationBatch]
+    client_seconds: float
+
+
+@dataclass
+class TopHiddenChunk:
+    """U-shape, server -> client: the hidden states after the server's last block, one per batch, in order."""
+
+    hidden: list[torch.Tensor]
+
+
+@dataclass
+class TopGradientChunk:
+    """U-shape, client -> server: d loss / d top hidden states per batch, and the client's compute time (s)."""
+
+    gradients: list[torch.Tensor]
     client_seconds: float
 
 
@@ -115,39 +138,76 @@ def decode_activations(content: RecordDict, hidden_size: int, expect_labels: boo
                                 f"hidden {tuple(hidden.shape[:2])}")
         labels = tensors.get(f"labels.{i}")
         if expect_labels:
-            if labels is None or tuple(labels.shape) != (hidden.shape[0],):
-                raise ProtocolError(f"activation reply: batch {i} needs labels of shape [{hidden.shape[0]}]")
+            if labels is None or tuple(labels.shape) not in ((hidden.shape[0],), tuple(hidden.shape[:2])):
+                raise ProtocolError(f"activation reply: batch {i} needs labels of shape [{hidden.shape[0]}] "
+                                    f"(classes) or {list(hidden.shape[:2])} (tokens)")
+        elif labels is not None:
+            raise ProtocolError(f"activation reply: batch {i} carries labels, but labels stay on the client "
+                                "in this run (U-shaped split)")
         batches.append(ActivationBatch(hidden.float(), mask.long(), None if labels is None else labels.long()))
+    return ActivationChunk(batches, _client_seconds(content))
+
+
+def _client_seconds(content: RecordDict) -> float:
     timing = content.metric_records.get(TIMING)
     seconds = float(timing.get("client-seconds", 0.0)) if timing is not None else 0.0
-    if not math.isfinite(seconds) or seconds < 0:
-        seconds = 0.0
-    return ActivationChunk(batches, seconds)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else 0.0
+
+
+def _encode_tensor_list(key: str, tensors: list[torch.Tensor], **config: int | bool | float) -> RecordDict:
+    return RecordDict({
+        key: ArrayRecord(torch_state_dict={str(i): t.detach().contiguous() for i, t in enumerate(tensors)}),
+        CHUNK: ConfigRecord({"batches": len(tensors), **config}),
+    })
+
+
+def _decode_tensor_list(content: RecordDict, key: str, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """The ``key`` tensors, checked: one per expected shape, each of that shape, finite floats."""
+    if key not in content.array_records or CHUNK not in content.config_records:
+        raise ProtocolError(f"message lacks {key!r}/{CHUNK!r} records; has {sorted(content.keys())}")
+    tensors = content.array_records[key].to_torch_state_dict()
+    if len(tensors) != len(shapes):
+        raise ProtocolError(f"{key}: {len(tensors)} tensors, expected {len(shapes)}")
+    out = []
+    for i, shape in enumerate(shapes):
+        tensor = tensors.get(str(i))
+        if tensor is None or tuple(tensor.shape) != tuple(shape):
+            raise ProtocolError(f"{key} {i}: shape {None if tensor is None else tuple(tensor.shape)}, "
+                                f"expected {tuple(shape)}")
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise ProtocolError(f"{key} {i}: not finite floats")
+        out.append(tensor.float())
+    return out
 
 
 def encode_gradients(chunk: GradientChunk, server_round: int) -> RecordDict:
-    tensors = {str(i): g.detach().contiguous() for i, g in enumerate(chunk.gradients)}
-    return RecordDict({
-        GRADIENTS: ArrayRecord(torch_state_dict=tensors),
-        CHUNK: ConfigRecord({"batches": len(chunk.gradients), "final": chunk.final, "server-round": server_round}),
-    })
+    return _encode_tensor_list(GRADIENTS, chunk.gradients, final=chunk.final, **{"server-round": server_round})
 
 
 def decode_gradients(content: RecordDict, shapes: list[tuple[int, ...]]) -> GradientChunk:
     """Parse the server's gradients and check them against the shapes of the hidden states sent."""
-    if GRADIENTS not in content.array_records or CHUNK not in content.config_records:
-        raise ProtocolError(f"gradient message lacks {GRADIENTS!r}/{CHUNK!r}; has {sorted(content.keys())}")
-    tensors = content.array_records[GRADIENTS].to_torch_state_dict()
-    if len(tensors) != len(shapes):
-        raise ProtocolError(f"gradient message has {len(tensors)} tensors, expected {len(shapes)}")
-    gradients = []
-    for i, shape in enumerate(shapes):
-        grad = tensors.get(str(i))
-        if grad is None or tuple(grad.shape) != tuple(shape):
-            raise ProtocolError(f"gradient {i}: shape {None if grad is None else tuple(grad.shape)}, "
-                                f"expected {tuple(shape)}")
-        gradients.append(grad.float())
+    gradients = _decode_tensor_list(content, GRADIENTS, shapes)
     return GradientChunk(gradients, bool(content.config_records[CHUNK].get("final", False)))
+
+
+def encode_top_hidden(chunk: TopHiddenChunk, server_round: int) -> RecordDict:
+    return _encode_tensor_list(TOP_HIDDEN, chunk.hidden, **{"server-round": server_round})
+
+
+def decode_top_hidden(content: RecordDict, shapes: list[tuple[int, ...]]) -> TopHiddenChunk:
+    """U-shape: parse the server's top hidden states, one per batch of the last chunk (its shapes)."""
+    return TopHiddenChunk(_decode_tensor_list(content, TOP_HIDDEN, shapes))
+
+
+def encode_top_gradients(chunk: TopGradientChunk) -> RecordDict:
+    content = _encode_tensor_list(TOP_GRADIENTS, chunk.gradients)
+    content[TIMING] = MetricRecord({"client-seconds": float(chunk.client_seconds)})
+    return content
+
+
+def decode_top_gradients(content: RecordDict, shapes: list[tuple[int, ...]]) -> TopGradientChunk:
+    """U-shape: parse a client's d loss / d top hidden states against the shapes the server sent."""
+    return TopGradientChunk(_decode_tensor_list(content, TOP_GRADIENTS, shapes), _client_seconds(content))
 
 
 def encode_final_reply(adapter: dict[str, torch.Tensor], num_examples: int, metrics: dict[str, float]) -> RecordDict:

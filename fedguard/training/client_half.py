@@ -11,6 +11,11 @@ was at the start of the chunk, and their gradients are computed at that point; t
 optimiser steps with them, one per batch, in order. So batch j's update is applied j-1 steps late
 (delayed-gradient SGD, staleness up to B-1 client steps). With ``B = 1`` (the default) training is exact
 sequential split learning. The server half is always exact: it updates after every batch it receives.
+
+U-shaped split: the client half also holds the head. The server returns its top hidden states; the client
+computes the loss there and sends back only d loss / d top hidden (:meth:`ClientHalfTrainer.top_gradients`).
+When the gradients for the split arrive, the client recomputes both ends (same seeds, same weights) and
+takes one step on the whole loss: bottom gradients from the server, head gradients from its own loss.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from torch import nn
 
 from fedguard.data.batches import TokenBatch
 from fedguard.mechanisms.activations import ActivationPrivacy
+from fedguard.training.objectives import batch_loss, example_losses
+
+_HEAD_SEED = 0x5EED  # offset of the head's dropout seed from the batch's seed
 
 
 class ClientHalfTrainer:
@@ -44,6 +52,32 @@ class ClientHalfTrainer:
 
     def close(self) -> None:
         """Release per-message resources (hooks); the cached model stays usable."""
+
+    @property
+    def core(self) -> nn.Module:
+        """The client half itself (inside peft's wrapper), whose :meth:`head` the U-shaped split uses."""
+        return self.half.get_base_model() if hasattr(self.half, "get_base_model") else self.half
+
+    def head_loss(self, batch: TokenBatch, top: torch.Tensor, dropout_seed: int, per_example: bool = False) -> torch.Tensor:
+        """U-shape: the loss of ``batch`` given the server's top hidden states (mean, or per example)."""
+        self.module.train()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((dropout_seed + _HEAD_SEED) % 2**31)
+            logits = self.core.head(top, batch.attention_mask)
+        return example_losses(logits, batch.labels) if per_example else batch_loss(logits, batch.labels)
+
+    def top_gradients(self, batches: Sequence[TokenBatch], seeds: Sequence[int],
+                      tops: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """U-shape: d (mean batch loss) / d top hidden states for each batch — all that leaves the client."""
+        out = []
+        for batch, seed, top in zip(batches, seeds, tops):
+            if batch.input_ids.shape[0] == 0:
+                out.append(torch.zeros_like(top))
+                continue
+            top = top.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.head_loss(batch, top, seed), top)
+            out.append(grad.detach())
+        return out
 
     def forward(self, batch: TokenBatch, dropout_seed: int) -> torch.Tensor:
         """Hidden states at the split for ``batch`` (gradients enabled), clipped if activations are private."""
@@ -71,18 +105,26 @@ class ClientHalfTrainer:
     def hidden_size(self) -> int:
         return int(self.half.config.hidden_size)
 
-    def apply_gradients(self, batches: Sequence[TokenBatch], seeds: Sequence[int], grads: Sequence[torch.Tensor]) -> None:
-        """Back-propagate the server's d loss / d hidden for each batch and take one optimiser step per batch."""
+    def apply_gradients(self, batches: Sequence[TokenBatch], seeds: Sequence[int], grads: Sequence[torch.Tensor],
+                        tops: Sequence[torch.Tensor] | None = None) -> None:
+        """Back-propagate the server's d loss / d hidden for each batch and take one optimiser step per batch.
+
+        ``tops`` (U-shape): the server's top hidden states of each batch; the head's own loss gradients are
+        added to the bottom's.
+        """
         if self.optimizer is None:
             return
         per_batch: list[list[torch.Tensor | None]] = []
-        for batch, seed, grad in zip(batches, seeds, grads):
+        for j, (batch, seed, grad) in enumerate(zip(batches, seeds, grads)):
             if batch.input_ids.shape[0] == 0:
                 continue
             hidden = self.forward(batch, seed)
             if hidden.shape != grad.shape:
                 raise ValueError(f"gradient shape {tuple(grad.shape)} does not match hidden {tuple(hidden.shape)}")
-            per_batch.append(list(torch.autograd.grad(hidden, self.params, grad_outputs=grad, allow_unused=True)))
+            total = (hidden * grad).sum()
+            if tops is not None:
+                total = total + self.head_loss(batch, tops[j].detach(), seed)
+            per_batch.append(list(torch.autograd.grad(total, self.params, allow_unused=True)))
         for grads_of_batch in per_batch:
             self.optimizer.zero_grad(set_to_none=True)
             for param, g in zip(self.params, grads_of_batch):

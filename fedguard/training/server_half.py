@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from fedguard.data.batches import tokenize
-from fedguard.data.sources import TextDataset
+from fedguard.data.batches import TokenBatch
 from fedguard.protocol.messages import ActivationBatch
+from fedguard.training.objectives import batch_loss, correct_predictions, token_losses
 
 
 @dataclass
@@ -34,45 +34,98 @@ class ServerHalfTrainer:
     def train_batch(self, batch: ActivationBatch) -> BatchOutcome:
         """Forward the client's hidden states, compute the loss, step, and return d loss / d hidden."""
         if batch.labels is None:
-            raise ValueError("classification on the server needs the batch's labels")
+            raise ValueError("the server's head needs the batch's labels (or use the U-shaped split)")
         if batch.hidden.shape[0] == 0:  # an empty Poisson batch: nothing to learn, nothing to return
             return BatchOutcome(torch.zeros_like(batch.hidden), float("nan"), 0)
         self.half.train()
         hidden = batch.hidden.detach().requires_grad_(True)
         logits = self.half(hidden, batch.attention_mask)
-        loss = F.cross_entropy(logits, batch.labels)
+        loss = batch_loss(logits, batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return BatchOutcome(hidden.grad.detach(), float(loss.detach()), int(batch.labels.shape[0]))
 
 
+class MiddleTrainer:
+    """U-shaped split: the server holds only the middle blocks and never sees labels, logits or the loss.
+
+    Per chunk: :meth:`forward` the client's hidden states (no graph kept; dropout seeded), send the top hidden
+    states; when the client's d loss / d top arrive, :meth:`backward` recomputes the forward with the same
+    seed and returns d loss / d hidden (for the client) and the parameter gradients. The caller applies the
+    parameter gradients with :meth:`step` only after every client of the exchange was back-propagated, so all
+    recomputations see the weights their forward saw (exact, as in the non-U split).
+    """
+
+    def __init__(self, half: nn.Module, learning_rate: float) -> None:
+        self.half = half
+        self.params = [p for p in half.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0) if self.params else None
+
+    def _run(self, batch: ActivationBatch, seed: int, hidden: torch.Tensor) -> torch.Tensor:
+        self.half.train()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.half(hidden, batch.attention_mask)
+
+    def forward(self, batch: ActivationBatch, seed: int) -> torch.Tensor:
+        """Hidden states after the last block ``[B, T, H]`` (an empty batch gives an empty tensor)."""
+        if batch.hidden.shape[0] == 0:
+            return torch.zeros_like(batch.hidden)
+        with torch.no_grad():
+            return self._run(batch, seed, batch.hidden).detach()
+
+    def backward(self, batch: ActivationBatch, seed: int,
+                 grad_top: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """``(d loss / d hidden, parameter gradients)`` for the client's ``grad_top`` = d loss / d top."""
+        if batch.hidden.shape[0] == 0:
+            return torch.zeros_like(batch.hidden), [None] * len(self.params)
+        hidden = batch.hidden.detach().requires_grad_(True)
+        top = self._run(batch, seed, hidden)
+        grads = torch.autograd.grad(top, [hidden, *self.params], grad_outputs=grad_top, allow_unused=True)
+        return grads[0].detach(), [None if g is None else g.detach() for g in grads[1:]]
+
+    def step(self, grads: Sequence[torch.Tensor | None]) -> None:
+        """One optimiser step with these parameter gradients."""
+        if self.optimizer is None:
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        for param, grad in zip(self.params, grads):
+            param.grad = grad
+        self.optimizer.step()
+
+
 @dataclass
 class Evaluation:
+    """Held-out metrics. ``accuracy``: class accuracy, or next-token accuracy on target tokens (causal LM);
+    ``loss``: mean cross-entropy per example (classification) or per target token (causal LM);
+    ``perplexity``: exp(loss) for a causal LM, else None; ``examples``: examples evaluated."""
+
     accuracy: float
     loss: float
     examples: int
+    perplexity: float | None = None
 
 
 @torch.no_grad()
 def evaluate_joined(
-    client_half: nn.Module,
-    server_half: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    data: TextDataset,
-    max_length: int,
-    batch_size: int = 128,
+    logits_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batches: Sequence[TokenBatch],
 ) -> Evaluation:
-    """Accuracy and mean cross-entropy of ``server_half(client_half(x))`` on ``data`` (dropout off)."""
-    client_half.eval()
-    server_half.eval()
-    correct, total_loss = 0, 0.0
-    by_length = sorted(range(len(data)), key=lambda i: len(data.text[i]))  # less padding; same result
-    for start in range(0, len(data), batch_size):
-        indices = by_length[start:start + batch_size]
-        batch = tokenize(tokenizer, data, indices, max_length)
-        logits = server_half(client_half(batch.input_ids, batch.attention_mask), batch.attention_mask)
-        total_loss += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
-        correct += int((logits.argmax(-1) == batch.labels).sum())
-    n = len(data)
-    return Evaluation(correct / n, total_loss / n, n)
+    """Metrics of the joined model ``logits_of(input_ids, attention_mask)`` (dropout must be off) over
+    ``batches`` (labels ``[B]`` for classification, ``[B, T]`` for a causal LM)."""
+    correct = counted = examples = 0
+    total_loss = 0.0
+    causal = False
+    for batch in batches:
+        logits = logits_of(batch.input_ids, batch.attention_mask)
+        hits, n = correct_predictions(logits, batch.labels)
+        correct, counted, examples = correct + hits, counted + n, examples + int(batch.labels.shape[0])
+        if batch.labels.dim() == 1:
+            total_loss += float(torch.nn.functional.cross_entropy(logits, batch.labels, reduction="sum"))
+        else:
+            causal = True
+            tokens, _ = token_losses(logits, batch.labels)
+            total_loss += float(tokens.sum())
+    loss = total_loss / max(1, counted)
+    return Evaluation(correct / max(1, counted), loss, examples, math.exp(min(loss, 700.0)) if causal else None)

@@ -49,7 +49,8 @@ def test_fractional_cpus_are_refused_as_flower_141_would():
 
 
 def test_client_caches_are_bounded_not_per_client(tmp_path):
-    for cached in (runtime.split_runtime, runtime.dataset_splits, runtime.client_shard, runtime.shard_word_counts):
+    for cached in (runtime.split_runtime, runtime.dataset_splits, runtime.run_data, runtime.client_shard,
+                   runtime.shard_rows, runtime.shard_word_counts):
         assert cached.cache_info().maxsize is not None, f"{cached.__name__} is an unbounded per-process cache"
     data = tmp_path / "train.csv"
     data.write_text("sentence,label\n" + "".join(f"text number {i},{i % 2}\n" for i in range(400)))

@@ -22,8 +22,9 @@ def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sim")
     out = tmp / "run"
     result = flwr_run(tmp, {
+        # learning-rate 0.002: measured 0.74 / 0.78 after rounds 1 / 2 (0.001 sat at 0.65, too near the bar).
         "num-server-rounds": 2, "local-steps": 12, "batch-size": 32, "exchange-batches": 2,
-        "eval-examples": 300, "output-dir": str(out),
+        "learning-rate": 0.002, "eval-examples": 300, "output-dir": str(out),
     })
     assert (out / "metrics.json").exists(), f"run wrote no metrics.json\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return out, result
@@ -40,7 +41,7 @@ def test_two_rounds_learn_above_chance_and_report_cost(finished_run):
         assert entry["bytes_up"] > 0 and entry["bytes_down"] > 0
         assert entry["clients_aggregated"] == 3 and entry["exchanges"] == 7  # 12 steps / 2 per chunk + final
     # SST-2 dev is ~51% positive: a model that learned nothing sits near 0.5.
-    assert rounds[-1]["accuracy"] > 0.65, rounds
+    assert rounds[-1]["accuracy"] > 0.68, rounds
     assert metrics["final_accuracy"] == rounds[-1]["accuracy"]
     assert "best accuracy" in result.stdout and "final accuracy" in result.stdout
 

@@ -22,6 +22,28 @@ def test_composition_equals_unsplit_model_at_every_cut(name, padded_batch):
             torch.testing.assert_close(logits, reference, rtol=0, atol=1e-5, msg=f"{name} cut at {cut}")
 
 
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_u_shaped_composition_equals_unsplit_model_at_every_cut(name, padded_batch):
+    ids, mask = padded_batch
+    model = make_tiny(name).eval()
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask).logits
+        for cut in range(num_blocks(model) + 1):
+            client, server = split_model(model, cut, u_shape=True)
+            logits = client.head(server(client(ids, mask), mask), mask)
+            torch.testing.assert_close(logits, reference, rtol=0, atol=1e-5, msg=f"{name} U-cut at {cut}")
+
+
+def test_u_shaped_server_holds_neither_head_nor_final_norm():
+    model = make_tiny("llama-cls")
+    client, server = split_model(model, 1, u_shape=True)
+    server_names = {n for n, _ in server.named_parameters()}
+    client_names = {n for n, _ in client.named_parameters()}
+    assert not any(n.startswith(("score", "model.norm", "lm_head")) for n in server_names)
+    assert "score.weight" in client_names and "top_norm.weight" in client_names
+    assert any(n.startswith("model.layers.3.") for n in server_names)
+
+
 def test_halves_own_disjoint_blocks_with_original_names():
     model = make_tiny("llama-lm")
     client, server = split_model(model, 1)

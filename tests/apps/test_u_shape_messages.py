@@ -1,0 +1,91 @@
+"""In the U-shaped split no text, label or logit leaves a client: every message of a real round is inspected.
+
+The real ServerApp and ClientApp run in this process over a loopback Grid (only the transport differs from a
+simulation), so every message that would cross the network is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+
+from fedguard.apps import server_app
+from fedguard.protocol import messages as proto
+from fedguard.testing import ensure_message_identity
+from tests.apps.flwr_harness import ROOT
+from tests.apps.loopback import LoopbackGrid, node_contexts
+from tests.apps.tiny_causal_lm import save_tiny_llama
+
+
+def _run(tmp_path, overrides: dict) -> tuple[LoopbackGrid, dict]:
+    ensure_message_identity()
+    raw = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    raw.update({"num-server-rounds": 1, "local-steps": 4, "batch-size": 4, "exchange-batches": 2,
+                "max-length": 48, "eval-examples": 16, "output-dir": str(tmp_path / "run"), **overrides})
+    grid = LoopbackGrid(node_contexts(raw, 2))
+    server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=raw))
+    return grid, json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+
+def _tensors(message) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, record in message.content.array_records.items():
+        for name, tensor in record.to_torch_state_dict().items():
+            out[f"{key}/{name}"] = tensor
+    return out
+
+
+@pytest.fixture(scope="module")
+def causal_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ushape-lm")
+    model = save_tiny_llama(tmp / "tiny-llama")
+    return _run(tmp, {"task": "causal-lm", "model": str(model), "split-layer": 1})
+
+
+def test_causal_lm_defaults_to_the_u_shape_and_trains(causal_run):
+    grid, metrics = causal_run
+    entry = metrics["rounds"][0]
+    assert entry["clients_aggregated"] == 2 and entry["perplexity"] > 1
+    assert entry["exchanges"] == 1 + 2 * 2  # per chunk: top hidden down + gradients down; then the final reply
+    assert any(proto.TOP_GRADIENTS in m.content.array_records for m in grid.received)
+
+
+def test_no_token_ids_labels_logits_or_text_leave_a_client(causal_run):
+    grid, _ = causal_run
+    vocab = 30522
+    for message in grid.received:
+        for name, tensor in _tensors(message).items():
+            assert not name.startswith(f"{proto.ACTIVATIONS}/labels"), name
+            assert vocab not in tensor.shape, f"{name} {tuple(tensor.shape)} looks like logits"
+            if name.startswith((proto.ACTIVATIONS, proto.TOP_GRADIENTS)) and "/mask." not in name:
+                assert tensor.is_floating_point() and tensor.shape[-1] == 32, name  # hidden-sized floats only
+            if "/mask." in name:
+                assert set(tensor.unique().tolist()) <= {0, 1}, name
+        for record in message.content.config_records.values():
+            for value in record.values():
+                texts = value if isinstance(value, list) else [value]
+                assert not any(isinstance(t, str) and len(t) > 40 for t in texts)  # ids and kinds only
+        assert not message.content.metric_records.get(proto.METRICS, {}).keys() - {
+            proto.NUM_EXAMPLES, "client-seconds", "steps"}
+
+
+def test_the_server_sends_down_only_hidden_sized_tensors_and_the_adapter(causal_run):
+    grid, _ = causal_run
+    for message in grid.sent:
+        for name, tensor in _tensors(message).items():
+            assert name.startswith((proto.ADAPTER, proto.TOP_HIDDEN, proto.GRADIENTS)), name
+            if not name.startswith(proto.ADAPTER):
+                assert tensor.shape[-1] == 32
+
+
+def test_classification_in_the_u_shape_keeps_labels_on_the_client(tmp_path):
+    grid, metrics = _run(tmp_path, {"label-protection": "u-shape", "split-layer": 2, "max-length": 32})
+    assert metrics["rounds"][0]["clients_aggregated"] == 2
+    assert all(not any(n.startswith(f"{proto.ACTIVATIONS}/labels") for n in _tensors(m)) for m in grid.received)
+    # The trained head is part of the client adapter the server aggregates.
+    adapter = grid.received[-1].content.array_records[proto.ADAPTER].to_torch_state_dict()
+    assert any("classifier" in name for name in adapter)
