@@ -19,6 +19,7 @@ from fedguard.apps.split_rounds import SplitRoundRunner, as_dict
 from fedguard.config import RunConfig
 from fedguard.model.loading import resolve_model_source
 from strategies import build_strategy
+from strategies.privacy_budget import PrivacyBudgetStrategy
 
 app = ServerApp()
 log = logging.getLogger("fedguard")
@@ -54,8 +55,8 @@ def main(grid: Grid, context: Context) -> None:
     check_dp_target(config, len(data.train), len(list(grid.get_node_ids())))
     runtime = runtime_for(config, data.num_labels)  # raises SplitError for a split-layer out of range
     write_json_atomic(out / "config.json", config.to_dict())
-    strategy = build_strategy(config)
     privacy = ServerPrivacy(config, out)
+    strategy = PrivacyBudgetStrategy(build_strategy(config), privacy)
     runner = SplitRoundRunner(config, runtime, strategy, grid, eval_data, data.num_labels, privacy)
     log.info("output directory: %s", out)
     checkpoint = load_checkpoint(out) if config.resume else None

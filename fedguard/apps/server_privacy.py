@@ -169,18 +169,3 @@ def rdp_epsilon(events: list[MechanismEvent], delta: float) -> float:
     return float(epsilon) if math.isfinite(epsilon) else math.inf
 
 
-class EligibleGrid:
-    """A view of a Flower ``Grid`` whose ``get_node_ids`` leaves out clients that may not be sampled.
-
-    Handed to a strategy's ``configure_train``, it makes any Flower strategy budget-aware without changing it.
-    """
-
-    def __init__(self, grid: Any, privacy: ServerPrivacy) -> None:
-        self._grid = grid
-        self._privacy = privacy
-
-    def get_node_ids(self):  # noqa: ANN201 - same as Grid.get_node_ids
-        return [n for n in self._grid.get_node_ids() if self._privacy.eligible(n)]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)

@@ -30,7 +30,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedguard.apps.checkpoint import Checkpoint, restore_rng, rng_state
 from fedguard.apps.runtime import SplitRuntime
-from fedguard.apps.server_privacy import EligibleGrid, ServerPrivacy
+from fedguard.apps.server_privacy import ServerPrivacy
 from fedguard.config import RunConfig
 from fedguard.data.sources import TextDataset
 from fedguard.model.lora import load_trainable_state, trainable_state
@@ -38,6 +38,7 @@ from fedguard.protocol import messages as proto
 from fedguard.protocol.messages import ActivationBatch
 from fedguard.training import optimizer_state
 from fedguard.training.server_half import Evaluation, MiddleTrainer, ServerHalfTrainer, evaluate_joined
+from strategies.privacy_budget import EligibleGrid
 from strategies.validation import rejection_norm, split_replies
 
 log = logging.getLogger("fedguard")
@@ -111,8 +112,7 @@ class SplitRoundRunner:
         timeout = self.config.round_timeout
         config = ConfigRecord({proto.NUM_LABELS: self.num_labels})
         messages = list(self.strategy.configure_train(
-            server_round, ArrayRecord(torch_state_dict=self.global_adapter), config,
-            EligibleGrid(self.grid, self.privacy)))
+            server_round, ArrayRecord(torch_state_dict=self.global_adapter), config, self.grid))
         sampled = {m.metadata.dst_node_id for m in messages}
         dropped: dict[str, str] = {}
         refused: dict[str, str] = {}
@@ -218,7 +218,8 @@ class SplitRoundRunner:
             log.warning("round %d: only %d valid client adapter(s), min-fit-clients=%d: global adapter kept",
                         server_round, len(valid), self.config.min_fit_clients)
         train_seconds = time.perf_counter() - started
-        self.privacy.update_budgets()
+        if not aggregated:  # otherwise the strategy's privacy wrapper did it
+            self.privacy.update_budgets()
         self.privacy.save()
         t0 = time.perf_counter()
         evaluation = self.evaluate()

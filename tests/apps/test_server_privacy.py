@@ -6,7 +6,8 @@ import json
 
 from flwr.app import RecordDict
 
-from fedguard.apps.server_privacy import EligibleGrid, ServerPrivacy, rdp_epsilon
+from fedguard.apps.server_privacy import ServerPrivacy, rdp_epsilon
+from strategies.privacy_budget import EligibleGrid
 from fedguard.config import RunConfig
 from fedguard.privacy import MechanismEvent
 from fedguard.protocol import messages as proto
