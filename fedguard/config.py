@@ -41,6 +41,7 @@ class RunConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     exchange_batches: int = 1
+    activation_dtype: str = "float32"
     group_by_length: bool = True
     dataset: str = "auto"
     text_column: str = "sentence"
@@ -139,6 +140,8 @@ class RunConfig:
         need(_finite(self.learning_rate) and self.learning_rate > 0,
              f"learning-rate={self.learning_rate}: must be a positive finite number")
         need(self.exchange_batches >= 1, f"exchange-batches={self.exchange_batches}: must be >= 1")
+        need(self.activation_dtype in ("float32", "float16", "bfloat16"),
+             f"activation-dtype={self.activation_dtype!r}: allowed float32, float16, bfloat16")
         need(bool(self.dataset), "dataset: must be 'auto', 'sst2', 'alpaca-libre' or a local file/folder path")
         need(bool(self.text_column), "text-column: must not be empty")
         need(bool(self.label_column), "label-column: must not be empty")

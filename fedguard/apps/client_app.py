@@ -116,7 +116,7 @@ class _ClientSession:
              for h, b in zip(hidden, batches)],
             client_seconds=time.perf_counter() - started,
         )
-        content = proto.encode_activations(chunk)
+        content = proto.encode_activations(chunk, proto.WIRE_DTYPES[self.config.activation_dtype])
         content[proto.PRIVACY] = proto.encode_privacy(self.privacy.client_id, events)
         return content
 
@@ -165,7 +165,8 @@ def exchange(msg: Message, context: Context) -> Message:
             tops = proto.decode_top_hidden(msg.content, shapes).hidden
             state[_TOPS] = ArrayRecord(torch_state_dict={str(i): t for i, t in enumerate(tops)})
             grads_up = session.trainer.top_gradients(batches, seeds, tops)
-            content = proto.encode_top_gradients(proto.TopGradientChunk(grads_up, time.perf_counter() - started))
+            content = proto.encode_top_gradients(proto.TopGradientChunk(grads_up, time.perf_counter() - started),
+                                                 proto.WIRE_DTYPES[session.config.activation_dtype])
             content[proto.PRIVACY] = proto.encode_privacy(session.privacy.client_id, [])
             return Message(content, reply_to=msg)
         grads = proto.decode_gradients(msg.content, shapes)

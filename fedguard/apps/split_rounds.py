@@ -75,6 +75,7 @@ class RoundRecord:
     clients_refused: dict[str, str] = field(default_factory=dict)
     strategy_metrics: dict[str, object] = field(default_factory=dict)  # what the strategy's aggregate_train returned
     perplexity: float | None = None  # causal LM: exp(held-out loss per response token)
+    bytes_by_client: dict[str, dict[str, int]] = field(default_factory=dict)  # node -> {"up", "down"} bytes
 
 
 class SplitRoundRunner:
@@ -93,6 +94,7 @@ class SplitRoundRunner:
         self.middle = MiddleTrainer(runtime.server, config.learning_rate) if config.u_shape else None
         self.global_adapter = trainable_state(runtime.client)
         self.eval_batches = runtime.eval_batches(eval_data, config.max_length)
+        self.wire_dtype = proto.WIRE_DTYPES[config.activation_dtype]
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self) -> Evaluation:
@@ -122,9 +124,13 @@ class SplitRoundRunner:
         losses: list[float] = []
         finals: list[Message] = []
         exchanges = 0
+        traffic: dict[str, dict[str, int]] = {}  # node -> payload bytes up / down this round
         pending: dict[int, tuple[list[ActivationBatch], list[int]]] = {}  # U-shape: chunks awaiting d loss/d top
         while messages:
-            bytes_down += sum(proto.payload_bytes(m.content) for m in messages)
+            for m in messages:
+                size = proto.payload_bytes(m.content)
+                bytes_down += size
+                traffic.setdefault(str(m.metadata.dst_node_id), {"up": 0, "down": 0})["down"] += size
             waiting = {m.metadata.dst_node_id for m in messages}
             # An error reply for a node that went offline comes from the SuperLink, not the node: match replies
             # to the instruction they answer, not to their sender.
@@ -141,7 +147,9 @@ class SplitRoundRunner:
                     dropped[str(node)] = f"client error: {reply.error.reason}"
                     pending.pop(node, None)
                     continue
-                bytes_up += proto.payload_bytes(reply.content)
+                size = proto.payload_bytes(reply.content)
+                bytes_up += size
+                traffic.setdefault(str(node), {"up": 0, "down": 0})["up"] += size
                 problem = self.privacy.observe(node, reply.content)  # spending is recorded first,
                 self.privacy.save()  # and on disk before anything else can fail
                 if proto.REFUSAL in reply.content.config_records:
@@ -183,8 +191,8 @@ class SplitRoundRunner:
                     tops_down = [self.middle.forward(b, seed) for b, seed in zip(chunk.batches, seeds)]
                     pending[node] = (chunk.batches, seeds)
                     server_seconds += time.perf_counter() - t0
-                    messages.append(Message(proto.encode_top_hidden(proto.TopHiddenChunk(tops_down), server_round),
-                                            dst_node_id=node, message_type=proto.EXCHANGE))
+                    content = proto.encode_top_hidden(proto.TopHiddenChunk(tops_down), server_round, self.wire_dtype)
+                    messages.append(Message(content, dst_node_id=node, message_type=proto.EXCHANGE))
                     continue
                 outcomes = [self.server.train_batch(batch) for batch in chunk.batches]
                 server_seconds += time.perf_counter() - t0
@@ -226,7 +234,7 @@ class SplitRoundRunner:
         eval_seconds = time.perf_counter() - t0
         return RoundRecord(
             round=server_round, accuracy=evaluation.accuracy, loss=evaluation.loss, perplexity=evaluation.perplexity,
-            bytes_up=bytes_up, bytes_down=bytes_down,
+            bytes_up=bytes_up, bytes_down=bytes_down, bytes_by_client=traffic,
             seconds=time.perf_counter() - started, client_seconds=client_seconds, server_seconds=server_seconds,
             messaging_seconds=max(0.0, train_seconds - client_seconds - server_seconds), eval_seconds=eval_seconds,
             exchanges=exchanges, train_loss=sum(losses) / len(losses) if losses else math.nan,
@@ -263,7 +271,7 @@ class SplitRoundRunner:
         """The gradients of a chunk's hidden states; ``final`` once the node has done its local steps."""
         done_steps[node] += len(gradients)
         final = done_steps[node] >= self.config.local_steps
-        content = proto.encode_gradients(proto.GradientChunk(gradients, final), server_round)
+        content = proto.encode_gradients(proto.GradientChunk(gradients, final), server_round, self.wire_dtype)
         return Message(content, dst_node_id=node, message_type=proto.EXCHANGE)
 
     def _middle_seed(self, server_round: int, node: int, exchange: int, batch: int) -> int:

@@ -50,6 +50,30 @@ PRIVACY = "privacy"  # the client's privacy events for this reply, and its stabl
 REFUSAL = "refusal"  # a client declining to train (budget), with its reason
 
 
+WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""``activation-dtype``: the float type of hidden states and their gradients on the wire (not of adapters).
+Receivers compute in float32 whatever arrives; float16/bfloat16 halve the bytes. bfloat16 travels as the
+int16 bit pattern (Flower's arrays are numpy, which has no bfloat16), flagged in the chunk's ``dtype``."""
+
+
+def _pack(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    out = tensor.detach().to(dtype).contiguous()
+    return out.view(torch.int16) if dtype == torch.bfloat16 else out
+
+
+def _unpack(tensor: torch.Tensor, content: RecordDict) -> torch.Tensor:
+    """A received hidden-state/gradient tensor as float32 (undoing the bfloat16 packing)."""
+    if content.config_records[CHUNK].get("dtype") == "bfloat16":
+        if tensor.dtype != torch.int16:
+            raise ProtocolError(f"bfloat16 chunk carries {tensor.dtype} data")
+        tensor = tensor.view(torch.bfloat16)
+    return tensor
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, value in WIRE_DTYPES.items() if value == dtype)
+
+
 class ProtocolError(ValueError):
     """A message does not follow the protocol; the text says what was wrong."""
 
@@ -100,16 +124,16 @@ def payload_bytes(content: RecordDict) -> int:
     return sum(record.count_bytes() for record in content.array_records.values())
 
 
-def encode_activations(chunk: ActivationChunk) -> RecordDict:
+def encode_activations(chunk: ActivationChunk, dtype: torch.dtype = torch.float32) -> RecordDict:
     tensors: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(chunk.batches):
-        tensors[f"hidden.{i}"] = batch.hidden.detach().contiguous()
+        tensors[f"hidden.{i}"] = _pack(batch.hidden, dtype)
         tensors[f"mask.{i}"] = batch.attention_mask.detach().to(torch.int8).contiguous()
         if batch.labels is not None:
             tensors[f"labels.{i}"] = batch.labels.detach().to(torch.int64).contiguous()
     return RecordDict({
         ACTIVATIONS: ArrayRecord(torch_state_dict=tensors),
-        CHUNK: ConfigRecord({"batches": len(chunk.batches)}),
+        CHUNK: ConfigRecord({"batches": len(chunk.batches), "dtype": _dtype_name(dtype)}),
         TIMING: MetricRecord({"client-seconds": float(chunk.client_seconds)}),
     })
 
@@ -128,6 +152,7 @@ def decode_activations(content: RecordDict, hidden_size: int, expect_labels: boo
         hidden, mask = tensors.get(f"hidden.{i}"), tensors.get(f"mask.{i}")
         if hidden is None or mask is None:
             raise ProtocolError(f"activation reply: batch {i} lacks hidden states or mask")
+        hidden = _unpack(hidden, content)
         if hidden.dim() != 3 or hidden.shape[-1] != hidden_size:
             raise ProtocolError(f"activation reply: batch {i} hidden shape {tuple(hidden.shape)}, "
                                 f"expected [batch, seq, {hidden_size}]")
@@ -154,10 +179,11 @@ def _client_seconds(content: RecordDict) -> float:
     return seconds if math.isfinite(seconds) and seconds >= 0 else 0.0
 
 
-def _encode_tensor_list(key: str, tensors: list[torch.Tensor], **config: int | bool | float) -> RecordDict:
+def _encode_tensor_list(key: str, tensors: list[torch.Tensor], dtype: torch.dtype,
+                        **config: int | bool | float) -> RecordDict:
     return RecordDict({
-        key: ArrayRecord(torch_state_dict={str(i): t.detach().contiguous() for i, t in enumerate(tensors)}),
-        CHUNK: ConfigRecord({"batches": len(tensors), **config}),
+        key: ArrayRecord(torch_state_dict={str(i): _pack(t, dtype) for i, t in enumerate(tensors)}),
+        CHUNK: ConfigRecord({"batches": len(tensors), "dtype": _dtype_name(dtype), **config}),
     })
 
 
@@ -171,6 +197,7 @@ def _decode_tensor_list(content: RecordDict, key: str, shapes: list[tuple[int, .
     out = []
     for i, shape in enumerate(shapes):
         tensor = tensors.get(str(i))
+        tensor = None if tensor is None else _unpack(tensor, content)
         if tensor is None or tuple(tensor.shape) != tuple(shape):
             raise ProtocolError(f"{key} {i}: shape {None if tensor is None else tuple(tensor.shape)}, "
                                 f"expected {tuple(shape)}")
@@ -180,8 +207,9 @@ def _decode_tensor_list(content: RecordDict, key: str, shapes: list[tuple[int, .
     return out
 
 
-def encode_gradients(chunk: GradientChunk, server_round: int) -> RecordDict:
-    return _encode_tensor_list(GRADIENTS, chunk.gradients, final=chunk.final, **{"server-round": server_round})
+def encode_gradients(chunk: GradientChunk, server_round: int, dtype: torch.dtype = torch.float32) -> RecordDict:
+    return _encode_tensor_list(GRADIENTS, chunk.gradients, dtype, final=chunk.final,
+                               **{"server-round": server_round})
 
 
 def decode_gradients(content: RecordDict, shapes: list[tuple[int, ...]]) -> GradientChunk:
@@ -190,8 +218,8 @@ def decode_gradients(content: RecordDict, shapes: list[tuple[int, ...]]) -> Grad
     return GradientChunk(gradients, bool(content.config_records[CHUNK].get("final", False)))
 
 
-def encode_top_hidden(chunk: TopHiddenChunk, server_round: int) -> RecordDict:
-    return _encode_tensor_list(TOP_HIDDEN, chunk.hidden, **{"server-round": server_round})
+def encode_top_hidden(chunk: TopHiddenChunk, server_round: int, dtype: torch.dtype = torch.float32) -> RecordDict:
+    return _encode_tensor_list(TOP_HIDDEN, chunk.hidden, dtype, **{"server-round": server_round})
 
 
 def decode_top_hidden(content: RecordDict, shapes: list[tuple[int, ...]]) -> TopHiddenChunk:
@@ -199,8 +227,8 @@ def decode_top_hidden(content: RecordDict, shapes: list[tuple[int, ...]]) -> Top
     return TopHiddenChunk(_decode_tensor_list(content, TOP_HIDDEN, shapes))
 
 
-def encode_top_gradients(chunk: TopGradientChunk) -> RecordDict:
-    content = _encode_tensor_list(TOP_GRADIENTS, chunk.gradients)
+def encode_top_gradients(chunk: TopGradientChunk, dtype: torch.dtype = torch.float32) -> RecordDict:
+    content = _encode_tensor_list(TOP_GRADIENTS, chunk.gradients, dtype)
     content[TIMING] = MetricRecord({"client-seconds": float(chunk.client_seconds)})
     return content
 

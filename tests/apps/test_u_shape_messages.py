@@ -82,6 +82,24 @@ def test_the_server_sends_down_only_hidden_sized_tensors_and_the_adapter(causal_
                 assert tensor.shape[-1] == 32
 
 
+def test_half_precision_on_the_wire_halves_the_activation_bytes(tmp_path):
+    runs = {dtype: _run(tmp_path / dtype, {"activation-dtype": dtype, "label-protection": "u-shape",
+                                           "max-length": 32})
+            for dtype in ("float32", "bfloat16")}
+    full, half = (runs[d][1]["rounds"][0] for d in ("float32", "bfloat16"))
+    assert half["clients_aggregated"] == 2
+    # Per-client accounting adds up, and only the hidden-state traffic shrinks (adapters stay float32).
+    for entry in (full, half):
+        assert sum(c["up"] for c in entry["bytes_by_client"].values()) == entry["bytes_up"]
+        assert sum(c["down"] for c in entry["bytes_by_client"].values()) == entry["bytes_down"]
+    grid = runs["bfloat16"][0]
+    hidden = [t for m in grid.received for n, t in _tensors(m).items() if "/hidden." in n]
+    assert hidden and all(t.dtype == torch.int16 for t in hidden)  # bfloat16 bit patterns (numpy has no bf16)
+    assert all(m.content.config_records["chunk"]["dtype"] == "bfloat16" for m in grid.received
+               if proto.ACTIVATIONS in m.content.array_records)
+    assert half["bytes_up"] < 0.75 * full["bytes_up"]
+
+
 def test_classification_in_the_u_shape_keeps_labels_on_the_client(tmp_path):
     grid, metrics = _run(tmp_path, {"label-protection": "u-shape", "split-layer": 2, "max-length": 32})
     assert metrics["rounds"][0]["clients_aggregated"] == 2
