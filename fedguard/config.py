@@ -62,6 +62,8 @@ class RunConfig:
     dp_delta: float = 1e-5
     act_clip_norm: float = 0.0
     act_noise_multiplier: float = 0.0
+    dchi_eta: float = 0.0
+    dchi_token_clip: float = 1.0
     label_epsilon: float = 0.0
     label_protection: str = "auto"
     max_epsilon: float = 0.0
@@ -185,6 +187,7 @@ class RunConfig:
         for key, value in (("dp-noise-multiplier", self.dp_noise_multiplier),
                            ("dp-target-epsilon", self.dp_target_epsilon), ("act-clip-norm", self.act_clip_norm),
                            ("act-noise-multiplier", self.act_noise_multiplier), ("label-epsilon", self.label_epsilon),
+                           ("dchi-eta", self.dchi_eta),
                            ("max-epsilon", self.max_epsilon), ("max-activation-epsilon", self.max_activation_epsilon)):
             need(_finite(value) and value >= 0, f"{key}={value}: must be a finite number >= 0 (0 = off)")
         need(_finite(self.dp_max_grad_norm) and self.dp_max_grad_norm > 0,
@@ -194,6 +197,13 @@ class RunConfig:
              "dp-noise-multiplier and dp-target-epsilon are both set: give one (the other 0)")
         need(not (self.act_noise_multiplier > 0 and self.act_clip_norm <= 0),
              "act-noise-multiplier > 0 needs act-clip-norm > 0 (the noise is relative to the clip norm)")
+        need(_finite(self.dchi_token_clip) and self.dchi_token_clip > 0,
+             f"dchi-token-clip={self.dchi_token_clip}: must be > 0")
+        need(not (self.dchi_eta > 0 and self.split_layer != 0),
+             f"dchi-eta (d_chi noise on token embeddings) needs split-layer=0 (the client then sends the "
+             f"embeddings); got split-layer={self.split_layer}: use act-clip-norm/act-noise-multiplier instead")
+        need(not (self.dchi_eta > 0 and self.act_clip_norm > 0),
+             "dchi-eta and act-clip-norm are two activation mechanisms: choose one")
         need(self.label_protection in LABEL_PROTECTIONS,
              f"label-protection={self.label_protection!r}: allowed {', '.join(LABEL_PROTECTIONS)}")
         need(not (self.task == "causal-lm" and self.label_protection == "randomized-response"),
@@ -204,8 +214,8 @@ class RunConfig:
         need(not (self.max_epsilon > 0 and not self.dp_enabled),
              "max-epsilon needs DP-SGD (dp-noise-multiplier or dp-target-epsilon): without it the adapter "
              "release has no privacy guarantee to budget")
-        need(not (self.max_activation_epsilon > 0 and not self.act_noise_multiplier > 0),
-             "max-activation-epsilon needs act-noise-multiplier > 0")
+        need(not (self.max_activation_epsilon > 0 and not (self.act_noise_multiplier > 0 or self.dchi_eta > 0)),
+             "max-activation-epsilon needs act-noise-multiplier > 0 or dchi-eta > 0")
         need(self.accountant in ACCOUNTANTS, f"accountant={self.accountant!r}: allowed {', '.join(ACCOUNTANTS)}")
 
     @property
@@ -220,7 +230,7 @@ class RunConfig:
 
     @property
     def activation_noise_enabled(self) -> bool:
-        return self.act_noise_multiplier > 0
+        return self.act_noise_multiplier > 0 or self.dchi_eta > 0
 
     @property
     def private(self) -> bool:

@@ -17,7 +17,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from fedguard.config import RunConfig
-from fedguard.mechanisms.activations import ActivationPrivacy
+from fedguard.mechanisms.activations import ActivationMechanism, ActivationPrivacy
+from fedguard.mechanisms.embedding_dchi import EmbeddingDChi
 from fedguard.mechanisms.dp_sgd import dp_sgd_event
 from fedguard.mechanisms.labels import label_event
 from fedguard.mechanisms.sampling import new_secret
@@ -56,8 +57,11 @@ class ClientPrivacy:
             self.noise_multiplier = solved_noise_multiplier(
                 config.dp_target_epsilon, config.dp_delta, self.sample_rate,
                 config.num_server_rounds * config.local_steps)
-        self.activation = (ActivationPrivacy(config.act_clip_norm, config.act_noise_multiplier)
-                           if config.act_clip_norm > 0 else None)
+        self.activation: ActivationMechanism | None = None
+        if config.act_clip_norm > 0:
+            self.activation = ActivationPrivacy(config.act_clip_norm, config.act_noise_multiplier)
+        elif config.dchi_eta > 0:
+            self.activation = EmbeddingDChi(config.dchi_eta, config.dchi_token_clip, config.max_length)
         self.max_epsilon = _stricter(config.max_epsilon, float(node.get("max-epsilon", 0.0)))
         self.max_activation_epsilon = _stricter(config.max_activation_epsilon,
                                                 float(node.get("max-activation-epsilon", 0.0)))

@@ -150,7 +150,7 @@ def describe_privacy(record) -> str:  # noqa: ANN001 - a RoundRecord
     else:
         parts.append("adapter: no DP-SGD, no guarantee")
     if record.epsilon_activation is not None:
-        parts.append(f"activations (local Gaussian, replace-one, per example over all its releases) eps <= "
+        parts.append(f"activations (local mechanism, replace-one, per example over all its releases) eps <= "
                      f"{record.epsilon_activation:.3f} certified")
     else:
         parts.append("activations: no noise, no guarantee")

@@ -15,10 +15,25 @@ clipping is differentiated as usual when the client recomputes its forward pass 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from fedguard.privacy import MechanismEvent
+
+
+class ActivationMechanism(Protocol):
+    """What a client applies to the hidden states it sends (this module's Gaussian mechanism, or
+    :class:`fedguard.mechanisms.embedding_dchi.EmbeddingDChi`)."""
+
+    def clip(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Bound what is sent (differentiable: the client back-propagates through it)."""
+
+    def noise(self, like: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Additive noise for one release."""
+
+    def release_event(self, releases: int, server_round: int) -> MechanismEvent | None:
+        """The ledger event for ``releases`` more releases of the most-released example."""
 
 
 @dataclass(frozen=True)

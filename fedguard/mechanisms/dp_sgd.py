@@ -34,7 +34,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from fedguard.data.batches import TokenBatch
-from fedguard.mechanisms.activations import ActivationPrivacy
+from fedguard.mechanisms.activations import ActivationMechanism
 from fedguard.privacy import MechanismEvent
 from fedguard.training.client_half import ClientHalfTrainer
 
@@ -51,7 +51,7 @@ class DPClientHalfTrainer(ClientHalfTrainer):
 
     def __init__(self, half: nn.Module, learning_rate: float, noise_multiplier: float, max_grad_norm: float,
                  expected_batch_size: float, freeze_lora_a: bool = False,
-                 activation: ActivationPrivacy | None = None) -> None:
+                 activation: ActivationMechanism | None = None) -> None:
         if noise_multiplier <= 0 or max_grad_norm <= 0 or expected_batch_size <= 0:
             raise ValueError("DP-SGD needs noise_multiplier > 0, max_grad_norm > 0, expected_batch_size > 0")
         # With freeze_lora_a the A matrices stay out of self.params (never clipped, noised or stepped); their

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fedguard.data.batches import TokenBatch
-from fedguard.mechanisms.activations import ActivationPrivacy
+from fedguard.mechanisms.activations import ActivationMechanism
 from fedguard.training.objectives import batch_loss, example_losses
 
 _HEAD_SEED = 0x5EED  # offset of the head's dropout seed from the batch's seed
@@ -41,7 +41,7 @@ class ClientHalfTrainer:
     """
 
     def __init__(self, half: nn.Module, learning_rate: float, freeze_lora_a: bool = False,
-                 activation: ActivationPrivacy | None = None) -> None:
+                 activation: ActivationMechanism | None = None) -> None:
         self.half = half
         self.module: nn.Module = half
         self.activation = activation
