@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 PARTITIONERS = ("iid", "dirichlet", "pathological")
@@ -103,18 +103,16 @@ class RunConfig:
             raise ConfigError("invalid run config: " + "; ".join(problems))
         config = cls(**values)
         config.validate()
-        return config.resolved()
+        return config
 
-    def resolved(self) -> RunConfig:
-        """This config with every ``auto`` made concrete for its task: ``dataset`` (sst2 for
+    def __post_init__(self) -> None:
+        """Make every ``auto`` concrete for the task, so no other module sees it: ``dataset`` (sst2 for
         classification, the packaged alpaca-libre instructions for causal-lm) and ``label-protection``
         (clear for classification; u-shape for causal-lm, where the labels are the text itself)."""
-        changes: dict[str, Any] = {}
-        if self.dataset == "auto":
-            changes["dataset"] = DEFAULT_DATASETS[self.task]
+        if self.dataset == "auto" and self.task in DEFAULT_DATASETS:
+            object.__setattr__(self, "dataset", DEFAULT_DATASETS[self.task])
         if self.label_protection == "auto":
-            changes["label_protection"] = "u-shape" if self.task == "causal-lm" else "clear"
-        return replace(self, **changes) if changes else self
+            object.__setattr__(self, "label_protection", "u-shape" if self.task == "causal-lm" else "clear")
 
     def validate(self) -> None:
         """Check every value; raise :class:`ConfigError` naming each bad key and what is allowed."""

@@ -29,13 +29,14 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--split-layer", type=int, default=2)
     parser.add_argument("--eval-examples", type=int, default=50)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "instruct-smollm2")
     args = parser.parse_args()
     out = args.out.resolve()
     run_config = {
         "task": "causal-lm", "model": str(smollm2_gguf_path()), "split-layer": args.split_layer,
         "num-server-rounds": args.rounds, "local-steps": args.local_steps, "batch-size": args.batch_size,
-        "exchange-batches": args.local_steps, "learning-rate": 5e-4, "max-length": args.max_length,
+        "exchange-batches": args.local_steps, "learning-rate": args.learning_rate, "max-length": args.max_length,
         "eval-examples": args.eval_examples, "min-fit-clients": min(2, args.clients), "output-dir": str(out / "run"),
     }
     started = time.perf_counter()
@@ -48,7 +49,8 @@ def main() -> None:
     rows = [("0 (before)", metrics["initial"], None)] + [(str(r["round"]), r, r["seconds"]) for r in metrics["rounds"]]
     print(f"\nSmolLM2-135M-Instruct (GGUF Q4_1, dequantised fp32), alpaca-libre over {args.clients} clients, "
           f"U-shaped split at layer {args.split_layer}, LoRA r=8 on q/v, {args.local_steps} steps x batch "
-          f"{args.batch_size} x <= {args.max_length} tokens per client and round; held-out: "
+          f"{args.batch_size} x <= {args.max_length} tokens per client and round, learning rate "
+          f"{args.learning_rate:g}; held-out: "
           f"{metrics['initial']['eval_examples']} instructions; whole run {wall / 60:.1f} min wall\n")
     print("| round | held-out loss / response token | perplexity | next-token accuracy | round s |")
     print("|---|---|---|---|---|")
