@@ -11,12 +11,14 @@ from fedguard import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
+    from fedguard.attacks import cli as attacks_cli
     from fedguard.privacy import cli as privacy_cli
 
     parser = argparse.ArgumentParser(prog="fedguard", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fedguard {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     privacy_cli.register(subparsers)
+    attacks_cli.register(subparsers)
     return parser
 
 

@@ -1,0 +1,9 @@
+"""Empirical privacy attacks against a finished FedGuard run (``fedguard attack``; see docs/attacks.md).
+
+* :mod:`~fedguard.attacks.metrics` — token recovery, ROUGE-L, token-set F1, ROC AUC, TPR at a given FPR;
+* :mod:`~fedguard.attacks.inversion` — text reconstruction from the activations a client sent (the server
+  as adversary): nearest-neighbour inversion and a learned inverter;
+* :mod:`~fedguard.attacks.membership` — loss-threshold and calibrated membership inference on the released model;
+* :mod:`~fedguard.attacks.run_dir` — what a run captured (``capture-activations``), loaded for the attacks;
+* :mod:`~fedguard.attacks.report` — runs them against a run directory, writes ``attack_report.json``.
+"""

@@ -1,0 +1,48 @@
+"""``fedguard attack {inversion,membership,all} RUN_DIR``: run the privacy attacks against a finished run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from fedguard.attacks.inversion import InverterSettings
+    from fedguard.attacks.report import REPORT_FILE, AttackOptions, attack_run
+
+    if args.max_examples < 2 or args.public_examples < 1 or args.epochs < 1:
+        raise ValueError("--max-examples must be >= 2, --public-examples and --epochs >= 1")
+    options = AttackOptions(args.max_examples, args.public_examples, args.seed,
+                            replace(InverterSettings(), epochs=args.epochs, seed=args.seed))
+    report = attack_run(Path(args.run_dir), args.attack, options)
+    if args.json:
+        print(json.dumps(report["attacks"]))
+        return 0
+    for name, entry in report["attacks"].items():
+        print(f"[{name}] {entry['verdict']}")
+    print(f"report: {Path(args.run_dir) / REPORT_FILE} (also summarised under 'attacks' in metrics.json)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``attack`` subcommand to the ``fedguard`` parser."""
+    parser = subparsers.add_parser(
+        "attack", help="run the empirical privacy attacks against a finished run directory",
+        description="Reconstruction of client text from the captured activations (the server as adversary: "
+                    "nearest-neighbour and learned inversion) and membership inference on the released model "
+                    "(loss-threshold and calibrated). Needs a run made with capture-activations=N. Writes "
+                    "RUN_DIR/attack_report.json and an 'attacks' entry in RUN_DIR/metrics.json.")
+    parser.add_argument("attack", choices=("inversion", "membership", "all"))
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run's output-dir, e.g. runs/latest")
+    parser.add_argument("--max-examples", type=int, default=512,
+                        help="captured examples to invert; members (and as many non-members) to score (default 512)")
+    parser.add_argument("--public-examples", type=int, default=400,
+                        help="public held-out sentences the learned inverter trains on (default 400)")
+    parser.add_argument("--epochs", type=int, default=8, help="learned-inverter training epochs (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="the attacker's sampling seed (default 0)")
+    parser.add_argument("--json", action="store_true", help="print the attacks' report entries as JSON")
+    parser.set_defaults(func=_cmd_attack)
