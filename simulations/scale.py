@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedguard.apps.local_run import free_port as _free_port
+from fedguard.apps.local_run import isolated_env
 from fedguard.apps.local_run import toml_value as _toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,20 +129,7 @@ def run_once(size: int, args: argparse.Namespace, gpu: bool) -> Row:
     home.mkdir()
     ray_tmp = Path(tempfile.mkdtemp(prefix="fgray", dir="/tmp"))  # short: Ray's socket paths are length-limited
     out = work / "run"
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_TMPDIR": str(ray_tmp),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    env = {**isolated_env(home), "RAY_TMPDIR": str(ray_tmp)}
     sample = min(args.sample, size)
     run_config = {
         "num-server-rounds": args.rounds, "local-steps": args.local_steps, "batch-size": args.batch_size,

@@ -14,11 +14,13 @@ This file holds private text in clear: it is for measuring attacks on your own r
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import torch
 
+from fedguard.apps.atomic_write import write_bytes_atomic
 from fedguard.config import RunConfig
 from fedguard.data.batches import TokenBatch
 
@@ -49,7 +51,7 @@ class ActivationCapture:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         trained = set(json.loads(self.trained_path.read_text())) if self.trained_path.exists() else set()
         trained.update(self.rows[i] for batch in indices for i in batch)
-        _write_atomic(self.trained_path, json.dumps(sorted(trained)).encode())
+        write_bytes_atomic(self.trained_path, json.dumps(sorted(trained)).encode())
         saved = torch.load(self.path, weights_only=False) if self.path.exists() else self._empty()
         for sent, batch, shard_indices in zip(hidden, batches, indices):
             for j, index in enumerate(shard_indices):
@@ -62,9 +64,9 @@ class ActivationCapture:
                 saved["labels"].append(int(label) if label.dim() == 0 else label[:length].clone())
                 saved["rows"].append(self.rows[index])
                 saved["round"].append(server_round)
-        buffer = self.path.with_suffix(".tmp")
+        buffer = io.BytesIO()
         torch.save(saved, buffer)
-        buffer.replace(self.path)
+        write_bytes_atomic(self.path, buffer.getvalue())
 
     def _empty(self) -> dict:
         c = self.config
@@ -73,9 +75,3 @@ class ActivationCapture:
             "max-length": c.max_length, "act-clip-norm": c.act_clip_norm,
             "act-noise-multiplier": c.act_noise_multiplier, "label-protection": c.label_protection,
         }}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

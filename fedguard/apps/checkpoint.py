@@ -9,14 +9,15 @@ that crashed; a resumed run keeps it as it is (spending is never rolled back to 
 
 from __future__ import annotations
 
-import os
+import io
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fedguard.apps.atomic_write import write_bytes_atomic
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -36,18 +37,10 @@ class Checkpoint:
 
 def save_checkpoint(out: Path, checkpoint: Checkpoint) -> Path:
     """Atomically write ``checkpoint`` to ``out / checkpoint.pt``."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint.__dict__, buffer)
     path = out / CHECKPOINT
-    fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT}.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(checkpoint.__dict__, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, buffer.getvalue())
     return path
 
 

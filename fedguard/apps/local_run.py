@@ -36,12 +36,11 @@ def toml_value(value: object) -> str:
     return repr(value)
 
 
-def flwr_run(tmp_path: Path, run_config: dict[str, object], num_supernodes: int = 3,
-             timeout: float = 900) -> subprocess.CompletedProcess:
-    """``flwr run . --stream`` with ``run_config`` overrides and ``num_supernodes`` simulated clients."""
-    home = tmp_path / "flwr-home"
-    home.mkdir(parents=True)
-    env = {
+def isolated_env(home: Path) -> dict[str, str]:
+    """The environment for an isolated, offline `flwr run`: Flower home ``home``, free SuperLink ports, no
+    runtime dependency installation, telemetry or update checks, Hugging Face offline, this interpreter's
+    ``bin`` first on ``PATH``."""
+    return {
         **os.environ,
         "FLWR_HOME": str(home),
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
@@ -54,6 +53,14 @@ def flwr_run(tmp_path: Path, run_config: dict[str, object], num_supernodes: int 
         "HF_DATASETS_OFFLINE": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+
+
+def flwr_run(tmp_path: Path, run_config: dict[str, object], num_supernodes: int = 3,
+             timeout: float = 900) -> subprocess.CompletedProcess:
+    """``flwr run . --stream`` with ``run_config`` overrides and ``num_supernodes`` simulated clients."""
+    home = tmp_path / "flwr-home"
+    home.mkdir(parents=True)
+    env = isolated_env(home)
     overrides = " ".join(f"{key}={toml_value(value)}" for key, value in run_config.items())
     command = [shutil.which("flwr", path=env["PATH"]) or "flwr", "run", ".", "--stream",
                "--run-config", overrides,

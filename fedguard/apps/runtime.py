@@ -23,7 +23,7 @@ from fedguard.data.instructions import InstructionDataset, load_instruction_spli
 from fedguard.data.partition import PartitionScheme, partition_indices
 from fedguard.data.sources import DatasetSplits, TextDataset, load_dataset_splits
 from fedguard.model.loading import ModelSpec, load_task_model, load_tokenizer
-from fedguard.model.lora import LoraSettings, attach_lora, check_targets_exist
+from fedguard.model.lora import LoraSettings, attach_lora, check_targets_exist, unwrapped
 from fedguard.model.split import Family, family_of, num_blocks, split_model
 
 Examples = TextDataset | InstructionDataset
@@ -57,12 +57,7 @@ class SplitRuntime:
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The joined model's logits: ``server(client(x))``, or ``client.head(server(client(x)))`` (U-shape)."""
         hidden = self.server(self.client(input_ids, attention_mask), attention_mask)
-        return self.client_core.head(hidden, attention_mask) if self.u_shape else hidden
-
-    @property
-    def client_core(self) -> nn.Module:
-        """The client half inside peft's wrapper."""
-        return self.client.get_base_model() if hasattr(self.client, "get_base_model") else self.client
+        return unwrapped(self.client).head(hidden, attention_mask) if self.u_shape else hidden
 
     def eval_batches(self, data: Examples, max_length: int, batch_size: int = 64) -> list[TokenBatch]:
         """``data`` in batches of similar length (less padding; the metrics do not depend on the order)."""

@@ -12,7 +12,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedguard.apps.checkpoint import load_checkpoint, save_checkpoint
-from fedguard.apps.run_output import SampleWriter, save_adapters, write_json_atomic
+from fedguard.apps.atomic_write import write_json_atomic
+from fedguard.apps.run_output import SampleWriter, save_adapters
 from fedguard.apps.runtime import data_for, lora_settings, runtime_for
 from fedguard.apps.server_privacy import ServerPrivacy
 from fedguard.apps.split_rounds import SplitRoundRunner, as_dict
@@ -56,6 +57,7 @@ def main(grid: Grid, context: Context) -> None:
     runtime = runtime_for(config, data.num_labels)  # raises SplitError for a split-layer out of range
     write_json_atomic(out / "config.json", config.to_dict())
     privacy = ServerPrivacy(config, out)
+    privacy.save()
     strategy = PrivacyBudgetStrategy(build_strategy(config), privacy)
     runner = SplitRoundRunner(config, runtime, strategy, grid, eval_data, data.num_labels, privacy)
     log.info("output directory: %s", out)

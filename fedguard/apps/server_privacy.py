@@ -3,7 +3,8 @@
 Every reply a client sends carries the privacy events it applied since its previous reply (activation
 releases with each chunk; DP-SGD steps and the label RR with the final adapter). The server records them
 as they arrive — activations already received count as spent even if the client fails later — and
-writes ``privacy_ledger.json`` into the run directory after every exchange. A reply whose privacy record is
+writes ``privacy_ledger.json`` into the run directory as soon as a reply carrying events arrives (and once at
+the start, so a run without mechanisms leaves an empty ledger). A reply whose privacy record is
 missing or malformed while a mechanism is configured is rejected, never read as zero spending; a final
 reply that reports fewer DP-SGD steps than the server drove is rejected as under-counting.
 
@@ -61,6 +62,8 @@ class ServerPrivacy:
         self.client_of[node_id] = client_id
         for event in events:
             self.ledger.record(client_id, event)
+        if events:
+            self.ledger.save()  # on disk before the reply is used: a crash later never loses this spending
         if any(e.kind == "dp-sgd" for e in events):
             self.last_round[client_id] = [e for e in events if e.kind == "dp-sgd"]
         return None

@@ -90,7 +90,8 @@ class SplitRoundRunner:
         self.eval_data = eval_data
         self.num_labels = num_labels
         self.privacy = privacy
-        self.server = ServerHalfTrainer(runtime.server, config.learning_rate)
+        # The server half trains itself (plain split) or only its middle blocks (U-shape): one trainer each.
+        self.server = None if config.u_shape else ServerHalfTrainer(runtime.server, config.learning_rate)
         self.middle = MiddleTrainer(runtime.server, config.learning_rate) if config.u_shape else None
         self.global_adapter = trainable_state(runtime.client)
         self.eval_batches = runtime.eval_batches(eval_data, config.max_length)
@@ -150,8 +151,7 @@ class SplitRoundRunner:
                 size = proto.payload_bytes(reply.content)
                 bytes_up += size
                 traffic.setdefault(str(node), {"up": 0, "down": 0})["up"] += size
-                problem = self.privacy.observe(node, reply.content)  # spending is recorded first,
-                self.privacy.save()  # and on disk before anything else can fail
+                problem = self.privacy.observe(node, reply.content)  # spending is recorded (on disk) first
                 if proto.REFUSAL in reply.content.config_records:
                     reason = str(reply.content.config_records[proto.REFUSAL].get("reason", "no reason given"))
                     refused[str(node)] = reason
@@ -208,7 +208,6 @@ class SplitRoundRunner:
                 done_steps.pop(node, None)
                 pending.pop(node, None)
             client_seconds += slowest
-            self.privacy.save()
         for node, reason in refused.items():
             log.warning("round %d: client %s refused to train: %s", server_round, node, reason)
         for node, reason in dropped.items():
@@ -228,7 +227,6 @@ class SplitRoundRunner:
         train_seconds = time.perf_counter() - started
         if not aggregated:  # otherwise the strategy's privacy wrapper did it
             self.privacy.update_budgets()
-        self.privacy.save()
         t0 = time.perf_counter()
         evaluation = self.evaluate()
         eval_seconds = time.perf_counter() - t0
@@ -246,7 +244,7 @@ class SplitRoundRunner:
     # -- checkpoints -------------------------------------------------------------------------------
     @property
     def server_trainer(self) -> ServerHalfTrainer | MiddleTrainer:
-        return self.middle if self.middle is not None else self.server
+        return self.middle if self.middle is not None else self.server  # exactly one is set
 
     def checkpoint(self, server_round: int, metrics: dict) -> Checkpoint:
         """The state after ``server_round`` completed (see :mod:`fedguard.apps.checkpoint`)."""

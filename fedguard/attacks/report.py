@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from fedguard import __version__
-from fedguard.apps.run_output import write_json_atomic
+from fedguard.apps.atomic_write import write_json_atomic
 from fedguard.apps.runtime import Examples, RunData, run_data
 from fedguard.attacks import inversion as inv
 from fedguard.attacks.membership import (

@@ -19,7 +19,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from fedguard.data.batches import TokenBatch
-from fedguard.data.sources import DatasetError, packaged_data_dir
+from fedguard.data.sources import DatasetError, packaged_data_dir, split_files
 
 ALPACA_LIBRE = "alpaca-libre"
 _ALPACA_LIBRE_DIR = "alpaca_libre"
@@ -29,7 +29,6 @@ _ALPACA_LIBRE_FILE = "tasks_v1.jsonl.gz"
 DEV_HOLDOUT_SEED = 20_240_617
 IGNORE_INDEX = -100  # label of positions that do not count in the loss (torch's cross_entropy default)
 
-_SPLIT_STEMS = {"train": ("train",), "dev": ("dev", "validation", "valid", "test")}
 _SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 
 PROMPT_TEMPLATE = MappingProxyType({
@@ -114,7 +113,7 @@ def load_instruction_splits(dataset: str, dev_examples: int = 100) -> Instructio
     if dataset == ALPACA_LIBRE:
         files = {"train": packaged_data_dir(_ALPACA_LIBRE_DIR) / _ALPACA_LIBRE_FILE}
     else:
-        files = _files_for(Path(dataset).expanduser())
+        files = split_files(Path(dataset).expanduser(), _SUFFIXES, ALPACA_LIBRE)
     parts = {split: _parse_records(_read_records(path), path) for split, path in files.items()}
     if "dev" in parts:
         return InstructionSplits(train=parts["train"], dev=parts["dev"])
@@ -126,25 +125,6 @@ def load_instruction_splits(dataset: str, dev_examples: int = 100) -> Instructio
     dev = sorted(order[:dev_examples].tolist())
     train = sorted(order[dev_examples:].tolist())
     return InstructionSplits(train=data.subset(train), dev=data.subset(dev))
-
-
-def _files_for(path: Path) -> dict[str, Path]:
-    if path.is_file():
-        return {"train": path}
-    if not path.is_dir():
-        raise DatasetError(f"dataset={str(path)!r}: no such file or folder (use {ALPACA_LIBRE!r} or a local path)")
-    found: dict[str, Path] = {}
-    for split, stems in _SPLIT_STEMS.items():
-        for stem in stems:
-            matches = [path / f"{stem}{suffix}" for suffix in _SUFFIXES if (path / f"{stem}{suffix}").is_file()]
-            if matches:
-                found[split] = matches[0]
-                break
-    if "train" not in found:
-        present = sorted(p.name for p in path.iterdir())
-        raise DatasetError(f"dataset folder {path} has no train file (train.json, train.jsonl, optionally .gz); "
-                           f"it holds {present}")
-    return found
 
 
 def _read_records(path: Path) -> list[object]:

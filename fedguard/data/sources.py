@@ -89,7 +89,7 @@ def load_dataset_splits(dataset: str, text_column: str, label_column: str) -> Da
             raise DatasetError("the packaged SST-2 has columns 'sentence' and 'label'; "
                                f"got text-column={text_column!r}, label-column={label_column!r}")
     else:
-        files = _files_for(Path(dataset).expanduser())
+        files = split_files(Path(dataset).expanduser(), _SUFFIXES, SST2)
     raw = {split: _read_rows(path) for split, path in files.items()}
     for split, rows in raw.items():
         _check_columns(rows, files[split], text_column, label_column)
@@ -102,20 +102,24 @@ def load_dataset_splits(dataset: str, text_column: str, label_column: str) -> Da
     return DatasetSplits(train=parts["train"], dev=parts.get("dev"), label_names=labels)
 
 
-def _files_for(path: Path) -> dict[str, Path]:
+def split_files(path: Path, suffixes: tuple[str, ...], named: str) -> dict[str, Path]:
+    """The split files of a local dataset: a file is the ``train`` split; a folder holds ``train.<suffix>``
+    and optionally ``dev``/``validation``/``valid``/``test`` ``.<suffix>``. ``named`` is the packaged data
+    set the error suggests instead (e.g. ``'sst2'``)."""
     if path.is_file():
         return {"train": path}
     if not path.is_dir():
-        raise DatasetError(f"dataset={str(path)!r}: no such file or folder (use 'sst2' or a local path)")
+        raise DatasetError(f"dataset={str(path)!r}: no such file or folder (use {named!r} or a local path)")
     found: dict[str, Path] = {}
     for split, stems in _SPLIT_STEMS.items():
         for stem in stems:
-            matches = [path / f"{stem}{suffix}" for suffix in _SUFFIXES if (path / f"{stem}{suffix}").exists()]
+            matches = [path / f"{stem}{suffix}" for suffix in suffixes if (path / f"{stem}{suffix}").is_file()]
             if matches:
                 found[split] = matches[0]
                 break
     if "train" not in found:
-        raise DatasetError(f"dataset folder {path} has no train file (train.tsv/.csv/.json/.jsonl)")
+        present = sorted(p.name for p in path.iterdir())
+        raise DatasetError(f"dataset folder {path} has no train file (train{'/'.join(suffixes)}); it holds {present}")
     return found
 
 

@@ -116,3 +116,9 @@ def load_trainable_state(half: nn.Module, state: dict[str, torch.Tensor]) -> Non
 
 def is_peft(module: nn.Module) -> bool:
     return isinstance(module, PeftModel)
+
+
+def unwrapped(half: nn.Module) -> nn.Module:
+    """The half itself: inside peft's wrapper if :func:`attach_lora` added one (e.g. to call
+    :meth:`ClientHalf.head`)."""
+    return half.get_base_model() if isinstance(half, PeftModel) else half

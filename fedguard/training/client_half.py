@@ -28,6 +28,7 @@ from torch import nn
 
 from fedguard.data.batches import TokenBatch
 from fedguard.mechanisms.activations import ActivationMechanism
+from fedguard.model.lora import unwrapped
 from fedguard.training.objectives import batch_loss, example_losses
 
 _HEAD_SEED = 0x5EED  # offset of the head's dropout seed from the batch's seed
@@ -56,7 +57,7 @@ class ClientHalfTrainer:
     @property
     def core(self) -> nn.Module:
         """The client half itself (inside peft's wrapper), whose :meth:`head` the U-shaped split uses."""
-        return self.half.get_base_model() if hasattr(self.half, "get_base_model") else self.half
+        return unwrapped(self.half)
 
     def head_loss(self, batch: TokenBatch, top: torch.Tensor, dropout_seed: int, per_example: bool = False) -> torch.Tensor:
         """U-shape: the loss of ``batch`` given the server's top hidden states (mean, or per example)."""

@@ -6,30 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from fedguard.data.batches import TokenBatch, round_batches
-from fedguard.model.lora import LoraSettings, attach_lora
-from fedguard.model.split import family_of, split_model
 from fedguard.protocol.messages import ActivationBatch
 from fedguard.training import optimizer_state
 from fedguard.training.client_half import ClientHalfTrainer
 from fedguard.training.server_half import ServerHalfTrainer
-from tests.conftest import make_tiny
+from tests.training.lora_halves import lora_halves
 
 
 def _setup(dropout: float = 0.0):
-    model = make_tiny("bert-cls")
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = dropout
-    family = family_of(model)
-    client, server = split_model(model, 2)
-    torch.manual_seed(3)
-    settings = LoraSettings(r=4, alpha=8)
-    client, server = attach_lora(client, settings, family), attach_lora(server, settings, family)
-    with torch.no_grad():  # non-zero B so that gradients reach A as well
-        for p in list(client.parameters()) + list(server.parameters()):
-            if p.requires_grad and p.dim() == 2:
-                p.add_(0.05 * torch.randn_like(p))
-    return client, server
+    return lora_halves("bert-cls", 2, dropout)
 
 
 def test_client_gradients_through_the_split_equal_end_to_end_autograd(padded_batch):

@@ -11,30 +11,15 @@ import torch
 
 from fedguard.data.batches import TokenBatch
 from fedguard.mechanisms.dp_sgd import DPClientHalfTrainer
-from fedguard.model.lora import LoraSettings, attach_lora
-from fedguard.model.split import family_of, split_model
 from fedguard.protocol.messages import ActivationBatch
 from fedguard.training.client_half import ClientHalfTrainer
 from fedguard.training.objectives import IGNORE, batch_loss, example_losses
 from fedguard.training.server_half import MiddleTrainer
-from tests.conftest import make_tiny
+from tests.training.lora_halves import lora_halves
 
 
 def _setup(name: str, split: int = 2):
-    model = make_tiny(name)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    family = family_of(model)
-    client, server = split_model(model, split, u_shape=True)
-    torch.manual_seed(3)
-    settings = LoraSettings(r=4, alpha=8)
-    client, server = attach_lora(client, settings, family), attach_lora(server, settings, family)
-    with torch.no_grad():  # non-zero B so that gradients reach A as well
-        for p in list(client.parameters()) + list(server.parameters()):
-            if p.requires_grad and p.dim() == 2:
-                p.add_(0.05 * torch.randn_like(p))
-    return client, server
+    return lora_halves(name, split, u_shape=True)
 
 
 def _labels(name: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
