@@ -17,6 +17,8 @@ TASKS = ("classification", "causal-lm")
 LABEL_PROTECTIONS = ("auto", "clear", "randomized-response", "u-shape")
 DEFAULT_DATASETS = {"classification": "sst2", "causal-lm": "alpaca-libre"}  # what dataset="auto" means
 ACCOUNTANTS = ("edgeworth", "pld", "rdp")
+MAX_CANARIES = 256  # distinct made-up names of the causal-LM canaries (fedguard/data/canaries.py)
+ACTIVATION_COMPRESSIONS = ("none", "int8", "topk")  # see fedguard/protocol/wire.py
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,8 @@ class RunConfig:
     learning_rate: float = 1e-3
     exchange_batches: int = 1
     activation_dtype: str = "float32"
+    activation_compression: str = "none"
+    activation_topk: float = 0.1
     group_by_length: bool = True
     dataset: str = "auto"
     text_column: str = "sentence"
@@ -71,6 +75,12 @@ class RunConfig:
     accountant: str = "edgeworth"
     # Attack evaluation: examples per client whose sent tensors are written to output-dir/captures (0 = off).
     capture_activations: int = 0
+    # Attack evaluation: synthetic secrets (canaries) in the shards of partitions 0..canary-clients-1, each
+    # canary-repeats times (0 = off; docs/attacks.md "Canary exposure"). Never for production data.
+    canaries: int = 0
+    canary_repeats: int = 1
+    canary_clients: int = 1
+    canary_digits: int = 6
     # Server aggregation strategy (see strategies/ and docs/writing-a-strategy.md).
     strategy: str = "auto"
     strategy_options: str = ""
@@ -142,6 +152,11 @@ class RunConfig:
         need(self.exchange_batches >= 1, f"exchange-batches={self.exchange_batches}: must be >= 1")
         need(self.activation_dtype in ("float32", "float16", "bfloat16"),
              f"activation-dtype={self.activation_dtype!r}: allowed float32, float16, bfloat16")
+        need(self.activation_compression in ACTIVATION_COMPRESSIONS,
+             f"activation-compression={self.activation_compression!r}: allowed "
+             f"{', '.join(ACTIVATION_COMPRESSIONS)}")
+        need(_finite(self.activation_topk) and 0.0 < self.activation_topk <= 1.0,
+             f"activation-topk={self.activation_topk}: must be in (0, 1] (fraction of hidden features kept per token)")
         need(bool(self.dataset), "dataset: must be 'auto', 'sst2', 'alpaca-libre' or a local file/folder path")
         need(bool(self.text_column), "text-column: must not be empty")
         need(bool(self.label_column), "label-column: must not be empty")
@@ -160,6 +175,13 @@ class RunConfig:
         need(self.eval_examples >= 0, f"eval-examples={self.eval_examples}: must be >= 0 (0 = all)")
         need(self.capture_activations >= 0,
              f"capture-activations={self.capture_activations}: must be >= 0 (0 = off)")
+        need(0 <= self.canaries <= MAX_CANARIES, f"canaries={self.canaries}: must be in 0..{MAX_CANARIES} (0 = off)")
+        need(self.canary_repeats >= 1, f"canary-repeats={self.canary_repeats}: must be >= 1 (copies of each canary "
+             "per canary client)")
+        need(self.canary_clients >= 1, f"canary-clients={self.canary_clients}: must be >= 1 (partitions "
+             "0..canary-clients-1 receive the canaries)")
+        need(1 <= self.canary_digits <= 12, f"canary-digits={self.canary_digits}: must be in 1..12 (digits of a "
+             "causal-LM canary's secret code)")
         need(bool(self.output_dir), "output-dir: must not be empty")
         need(_finite(self.round_timeout) and self.round_timeout > 0,
              f"round-timeout={self.round_timeout}: must be > 0 seconds")

@@ -12,10 +12,12 @@ knob at a time around a base configuration:
 Writes ``OUT/sweep.csv``, ``OUT/accuracy_vs_epsilon.png`` (accuracy against the certified ε of the release
 each point protects; points without a guarantee are drawn at the right edge, marked "none"),
 ``OUT/attack_vs_accuracy.png`` (best inversion content-token recovery and membership AUC against accuracy),
-and prints a markdown table. Usage::
+and prints two markdown tables: the sweep, and a GuardedTuning-style summary (utility, privacy as ε per
+release and the best attack, cost as client compute and bytes per round, side by side). Usage::
 
     python simulations/privacy_sweep.py --out runs/privacy-sweep                 # the whole sweep (hours on CPU)
     python simulations/privacy_sweep.py --quick --out /tmp/sweep-check           # one tiny point, to check it runs
+    python simulations/privacy_sweep.py --axes dp --canaries 16 --canary-repeats 8  # + label-flip canary memorisation
     python simulations/privacy_sweep.py --axes act --act-sigmas 0,0.05,0.2       # one axis, chosen values
 """
 
@@ -32,10 +34,13 @@ from pathlib import Path
 from fedguard.apps.local_run import flwr_run
 from fedguard.attacks.inversion import InverterSettings
 from fedguard.attacks.report import AttackOptions, attack_run
+from fedguard.privacy.certified import gaussian_epsilon
 
 FIELDS = ["point", "split_layer", "act_clip_norm", "act_noise_multiplier", "dp_noise_multiplier", "accuracy",
           "epsilon_adapter_certified", "epsilon_activation", "nn_recovery", "learned_recovery",
           "prior_recovery", "rouge_l", "membership_auc", "membership_calibrated_auc", "membership_tpr_at_1pct",
+          "epsilon_activation_per_release", "client_update_auc", "client_seconds_per_round", "mb_per_round",
+          "canary_flip_gap", "canary_margin_z",
           "run_seconds", "attack_seconds"]
 
 
@@ -76,7 +81,8 @@ def run_point(point: Point, args: argparse.Namespace) -> dict:
     run_dir = folder / "run"
     config = {"num-server-rounds": args.rounds, "local-steps": args.local_steps, "batch-size": args.batch_size,
               "eval-examples": args.eval_examples, "capture-activations": args.capture, "seed": args.seed,
-              "output-dir": str(run_dir), **point.overrides}
+              "output-dir": str(run_dir), "canaries": args.canaries, "canary-repeats": args.canary_repeats,
+              **point.overrides}
     if args.model:
         config["model"] = args.model
     started = time.perf_counter()
@@ -93,6 +99,10 @@ def run_point(point: Point, args: argparse.Namespace) -> dict:
     attack_seconds = time.perf_counter() - started
     metrics = json.loads(metrics_path.read_text())
     nn, learned, member = (report[k]["metrics"] for k in ("nn-inversion", "learned-inversion", "membership"))
+    update = report.get("client-update-membership", {}).get("metrics", {})
+    canary = report.get("label-flip-memorisation", {}).get("metrics")  # with --canaries
+    rounds = metrics["rounds"]
+    sigma, clip = config.get("act-noise-multiplier", 0.0), config.get("act-clip-norm", 0.0)
     return {
         "point": point.name,
         "split_layer": config["split-layer"],
@@ -109,6 +119,14 @@ def run_point(point: Point, args: argparse.Namespace) -> dict:
         "membership_auc": member["loss-threshold"]["auc"],
         "membership_calibrated_auc": member["calibrated"]["auc"],
         "membership_tpr_at_1pct": member["loss-threshold"]["tpr_at_fpr"],
+        # One release of one example's hidden states: Gaussian, sensitivity 2C (replace-one), std sigma*C.
+        "epsilon_activation_per_release": (gaussian_epsilon(2.0 / sigma, metrics["rounds"][-1]["privacy_delta"])
+                                           if sigma > 0 and clip > 0 else None),
+        "client_update_auc": update.get("isolated-update-difference", {}).get("auc"),
+        "client_seconds_per_round": sum(r["client_seconds"] for r in rounds) / len(rounds),
+        "mb_per_round": sum(r["bytes_up"] + r["bytes_down"] for r in rounds) / len(rounds) / 1e6,
+        "canary_flip_gap": canary["trained"]["flip_rate_gap"] if canary else None,
+        "canary_margin_z": canary["trained"]["margin_z"] if canary else None,
         "run_seconds": round(run_seconds, 1),
         "attack_seconds": round(attack_seconds, 1),
     }
@@ -127,6 +145,27 @@ def markdown_table(rows: list[dict]) -> str:
                "learned_recovery", "prior_recovery", "rouge_l", "membership_auc", "membership_tpr_at_1pct"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary_table(rows: list[dict]) -> str:
+    """GuardedTuning-style: per configuration, utility, privacy (certified ε per release / in total and the
+    best attack's success) and cost (client compute and bytes per round), side by side."""
+    def pct(value: float | None) -> str:
+        return "none" if value is None else f"{100 * value:.1f}%"
+
+    header = ("| configuration | accuracy | ε activations, per release | ε adapter, whole run (certified) | "
+              "best token recovery (prior) | best membership AUC (released model / client update) | "
+              "client s / round | MB / round |")
+    lines = [header, "|" + "---|" * 8]
+    for row in rows:
+        recovery = max(row["nn_recovery"] or 0.0, row["learned_recovery"] or 0.0)
+        update = row.get("client_update_auc")
+        lines.append(
+            f"| {row['point']} | {pct(row['accuracy'])} | {_fmt(row['epsilon_activation_per_release'])} | "
+            f"{_fmt(row['epsilon_adapter_certified'])} | {pct(recovery)} ({pct(row['prior_recovery'])}) | "
+            f"{row['membership_auc']:.3f} / {'n/a' if update is None else f'{update:.3f}'} | "
+            f"{row['client_seconds_per_round']:.1f} | {row['mb_per_round']:.1f} |")
     return "\n".join(lines)
 
 
@@ -210,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--model", default="", help="run-config model ('' = the packaged MiniLM)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--canaries", type=int, default=0,
+                        help="label-flip canaries per run (run-config canaries; 0 = off; >= 7 for a verdict)")
+    parser.add_argument("--canary-repeats", type=int, default=1, help="copies of each canary in client 0's shard")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--quick", action="store_true",
                         help="one tiny point (1 round, 2 local steps, 2 clients, small attacks): checks the pipeline")
@@ -233,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
               f"membership AUC {last['membership_auc']:.3f}", flush=True)
     figures = plot(rows, args.out)
     print(markdown_table(rows))
+    print()
+    print(summary_table(rows))
     print(f"\nwrote {args.out / 'sweep.csv'}, {', '.join(str(f) for f in figures)}")
     return 0
 

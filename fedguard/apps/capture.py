@@ -5,11 +5,20 @@ With ``capture-activations = N`` each client writes, under ``<output-dir>/captur
 * ``partition-<id>.pt`` — its first N examples as sent: ``hidden`` (list of ``[T_i, H]`` float tensors, padding
   removed, exactly the tensors that left the client: after clipping and noise), and the ground truth
   ``input_ids`` (``[T_i]``), ``labels`` (class id, or ``[T_i]`` token targets) and ``rows`` (row ids in the
-  run's training set), plus ``meta`` (model, task, split layer, mechanism settings);
-* ``partition-<id>-trained.json`` — every training-set row the client trained on (members, for membership
-  inference; under DP-SGD these come from the client's secret Poisson sampling).
+  run's training set; -1 for a canary copy, which is in no row), plus ``meta`` (model, task, split layer,
+  mechanism settings);
+* ``partition-<id>-update-round-<r>.pt`` — the client adapter of its final reply in round r (``round``,
+  ``adapter``): the update the server receives, for membership inference against a single client's update;
+* ``partition-<id>-trained.json`` (and ``partition-<id>-trained-round-<r>.json`` per round) — every
+  training-set row the client trained on (members, for membership
+  inference; under DP-SGD these come from the client's secret Poisson sampling). Canary copies are not
+  training-set rows and are not listed.
 
-This file holds private text in clear: it is for measuring attacks on your own runs, never for production.
+The server writes ``server-adapter-round-<r>.pt``: its half's adapter before and after round r and the global
+client adapter it sent at the start of round r, so a client's update can be joined with a server half and
+compared with the adapter it started from.
+
+These files hold private text in clear: it is for measuring attacks on your own runs, never for production.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import torch
 from fedguard.apps.atomic_write import write_bytes_atomic
 from fedguard.config import RunConfig
 from fedguard.data.batches import TokenBatch
+from fedguard.data.canaries import CANARY_ROW
 
 CAPTURE_DIR = "captures"
 
@@ -31,8 +41,10 @@ def capture_path(output_dir: str | Path, partition_id: int) -> Path:
     return Path(output_dir).expanduser() / CAPTURE_DIR / f"partition-{partition_id}.pt"
 
 
-def trained_rows_path(output_dir: str | Path, partition_id: int) -> Path:
-    return Path(output_dir).expanduser() / CAPTURE_DIR / f"partition-{partition_id}-trained.json"
+def trained_rows_path(output_dir: str | Path, partition_id: int, server_round: int | None = None) -> Path:
+    """All rows the client trained on, or (``server_round`` given) those of that round only."""
+    suffix = "" if server_round is None else f"-round-{server_round}"
+    return Path(output_dir).expanduser() / CAPTURE_DIR / f"partition-{partition_id}-trained{suffix}.json"
 
 
 class ActivationCapture:
@@ -41,17 +53,19 @@ class ActivationCapture:
     def __init__(self, config: RunConfig, partition_id: int, rows: list[int]) -> None:
         self.config = config
         self.limit = config.capture_activations
-        self.rows = rows  # shard index -> training-set row
+        self.rows = rows  # shard index -> training-set row (CANARY_ROW for a canary copy)
         self.path = capture_path(config.output_dir, partition_id)
+        self.partition_id = partition_id
         self.trained_path = trained_rows_path(config.output_dir, partition_id)
 
     def record(self, hidden: list[torch.Tensor], batches: list[TokenBatch], indices: list[list[int]],
                server_round: int) -> None:
         """Record a chunk that is about to be sent: its examples (up to the limit) and its training rows."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        trained = set(json.loads(self.trained_path.read_text())) if self.trained_path.exists() else set()
-        trained.update(self.rows[i] for batch in indices for i in batch)
-        write_bytes_atomic(self.trained_path, json.dumps(sorted(trained)).encode())
+        used = [self.rows[i] for batch in indices for i in batch if self.rows[i] != CANARY_ROW]
+        for path in (self.trained_path, trained_rows_path(self.config.output_dir, self.partition_id, server_round)):
+            trained = set(json.loads(path.read_text())) if path.exists() else set()
+            write_bytes_atomic(path, json.dumps(sorted(trained.union(used))).encode())
         saved = torch.load(self.path, weights_only=False) if self.path.exists() else self._empty()
         for sent, batch, shard_indices in zip(hidden, batches, indices):
             for j, index in enumerate(shard_indices):
@@ -75,3 +89,35 @@ class ActivationCapture:
             "max-length": c.max_length, "act-clip-norm": c.act_clip_norm,
             "act-noise-multiplier": c.act_noise_multiplier, "label-protection": c.label_protection,
         }}
+
+
+def update_path(output_dir: str | Path, partition_id: int, server_round: int) -> Path:
+    return Path(output_dir).expanduser() / CAPTURE_DIR / f"partition-{partition_id}-update-round-{server_round}.pt"
+
+
+def server_adapter_path(output_dir: str | Path, server_round: int) -> Path:
+    return Path(output_dir).expanduser() / CAPTURE_DIR / f"server-adapter-round-{server_round}.pt"
+
+
+def _save_tensors(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def record_client_update(output_dir: str | Path, partition_id: int, server_round: int,
+                         adapter: dict[str, torch.Tensor]) -> None:
+    """Keep the adapter a client is about to send as its round-``server_round`` update."""
+    _save_tensors(update_path(output_dir, partition_id, server_round),
+                  {"round": server_round, "adapter": {k: v.detach().clone() for k, v in adapter.items()}})
+
+
+def record_server_adapters(output_dir: str | Path, server_round: int, server_half: dict[str, torch.Tensor],
+                           global_start: dict[str, torch.Tensor], server_start: dict[str, torch.Tensor]) -> None:
+    """Keep, for ``server_round``: the server half's adapter after it (``adapter``) and before it
+    (``server_start``), and the global client adapter the round's clients started from (``global_start``)."""
+    copy = lambda tensors: {k: v.detach().clone() for k, v in tensors.items()}  # noqa: E731
+    _save_tensors(server_adapter_path(output_dir, server_round), {
+        "round": server_round, "adapter": copy(server_half), "global_start": copy(global_start),
+        "server_start": copy(server_start)})

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedguard.apps.client_privacy import ClientPrivacy
-from fedguard.apps.capture import ActivationCapture
+from fedguard.apps.capture import ActivationCapture, record_client_update
 from fedguard.apps.runtime import client_shard, runtime_for, shard_rows, shard_word_counts
 from fedguard.config import RunConfig
 from fedguard.data.batches import TokenBatch, round_batches
@@ -24,6 +24,7 @@ from fedguard.mechanisms.labels import randomized_labels
 from fedguard.mechanisms.sampling import poisson_batch
 from fedguard.model.lora import load_trainable_state, trainable_state
 from fedguard.protocol import messages as proto
+from fedguard.protocol.wire import WIRE_DTYPES, ActivationCodec
 from fedguard.training import optimizer_state
 from fedguard.training.client_half import ClientHalfTrainer
 
@@ -50,6 +51,8 @@ class _ClientSession:
         self.local_dataset = str(local) if local else None
         self.shard = client_shard(self.config, self.partition_id, self.num_partitions, self.local_dataset)
         self.privacy = ClientPrivacy(self.config, context, len(self.shard))
+        self.wire_dtype = WIRE_DTYPES[self.config.activation_dtype]
+        self.codec = ActivationCodec(self.config.activation_compression, self.config.activation_topk, self.wire_dtype)
         if self.privacy.noise_multiplier > 0:
             self.trainer: ClientHalfTrainer = DPClientHalfTrainer(
                 self.runtime.client, self.config.learning_rate, self.privacy.noise_multiplier,
@@ -105,7 +108,8 @@ class _ClientSession:
         hidden = self.trainer.send(batches, seeds)
         if self.config.capture_activations > 0:
             rows = shard_rows(self.config, self.partition_id, self.num_partitions, self.local_dataset)
-            ActivationCapture(self.config, self.partition_id, rows).record(hidden, batches, indices, server_round)
+            sent = [self.codec.roundtrip(h) for h in hidden]  # what the server decodes, not what was computed
+            ActivationCapture(self.config, self.partition_id, rows).record(sent, batches, indices, server_round)
         events = self.privacy.activation_events(indices, server_round)
         self.privacy.record(events)  # persisted before the activations leave
         progress.update({"round": server_round, "chunk-start": start, "chunk-size": len(batches)})
@@ -116,7 +120,7 @@ class _ClientSession:
              for h, b in zip(hidden, batches)],
             client_seconds=time.perf_counter() - started,
         )
-        content = proto.encode_activations(chunk, proto.WIRE_DTYPES[self.config.activation_dtype])
+        content = proto.encode_activations(chunk, self.codec)
         content[proto.PRIVACY] = proto.encode_privacy(self.privacy.client_id, events)
         return content
 
@@ -166,7 +170,7 @@ def exchange(msg: Message, context: Context) -> Message:
             state[_TOPS] = ArrayRecord(torch_state_dict={str(i): t for i, t in enumerate(tops)})
             grads_up = session.trainer.top_gradients(batches, seeds, tops)
             content = proto.encode_top_gradients(proto.TopGradientChunk(grads_up, time.perf_counter() - started),
-                                                 proto.WIRE_DTYPES[session.config.activation_dtype])
+                                                 session.wire_dtype)
             content[proto.PRIVACY] = proto.encode_privacy(session.privacy.client_id, [])
             return Message(content, reply_to=msg)
         grads = proto.decode_gradients(msg.content, shapes)
@@ -185,7 +189,10 @@ def exchange(msg: Message, context: Context) -> Message:
         events = session.privacy.round_events(server_round, next_start)
         session.privacy.record(events)  # persisted before the adapter leaves
         # num-examples weights the aggregate; a Poisson round that drew no example still reports 1.
-        content = proto.encode_final_reply(trainable_state(session.runtime.client), max(1, int(progress["examples"])), {
+        update = trainable_state(session.runtime.client)
+        if session.config.capture_activations > 0:
+            record_client_update(session.config.output_dir, session.partition_id, server_round, update)
+        content = proto.encode_final_reply(update, max(1, int(progress["examples"])), {
             "client-seconds": time.perf_counter() - started, "steps": next_start,
         })
         content[proto.PRIVACY] = proto.encode_privacy(session.privacy.client_id, events)

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from fedguard.apps.quiet import quiet_libraries
 from fedguard.config import RunConfig
 from fedguard.data.batches import TokenBatch, tokenize
+from fedguard.data.canaries import CANARY_ROW, canary_copies, receives_canaries
 from fedguard.data.instructions import InstructionDataset, load_instruction_splits, tokenize_instructions
 from fedguard.data.partition import PartitionScheme, partition_indices
 from fedguard.data.sources import DatasetSplits, TextDataset, load_dataset_splits
@@ -129,23 +130,33 @@ def data_for(config: RunConfig, dataset: str | None = None) -> RunData:
 
 @functools.lru_cache(maxsize=16)
 def shard_rows(config: RunConfig, partition_id: int, num_partitions: int, local_dataset: str | None = None) -> list[int]:
-    """Rows of the training set that form the client's shard (all rows of ``local_dataset`` when the SuperNode
-    was given its own file, node config ``dataset``)."""
+    """Training-set row of each example of the client's shard, in shard order (all rows of ``local_dataset``
+    when the SuperNode was given its own file, node config ``dataset``). The canary copies a canary partition
+    appends (run-config ``canaries``) are in no training-set row: :data:`CANARY_ROW` (-1)."""
     train = data_for(config, local_dataset).train
     if local_dataset:
         return list(range(len(train)))
     scheme = PartitionScheme(config.partitioner, num_partitions, config.dirichlet_alpha,
                              config.pathological_classes, config.seed)
     labels = train.label if isinstance(train, TextDataset) else [0] * len(train)  # causal LM: iid only
-    return partition_indices(labels, scheme, partition_id)
+    rows = partition_indices(labels, scheme, partition_id)
+    if receives_canaries(config, partition_id, local_dataset):
+        rows += [CANARY_ROW] * (config.canaries * config.canary_repeats)
+    return rows
 
 
 @functools.lru_cache(maxsize=16)
 def client_shard(config: RunConfig, partition_id: int, num_partitions: int, local_dataset: str | None = None) -> Examples:
     """The client's training data: partition ``partition_id`` of ``num_partitions`` of the run's data set,
-    or the whole of ``local_dataset`` when the SuperNode was given its own file (node config ``dataset``)."""
-    train = data_for(config, local_dataset).train
-    return train.subset(shard_rows(config, partition_id, num_partitions, local_dataset))
+    or the whole of ``local_dataset`` when the SuperNode was given its own file (node config ``dataset``).
+    Partitions ``0..canary-clients-1`` end with ``canaries × canary-repeats`` canary copies
+    (:mod:`fedguard.data.canaries`)."""
+    data = data_for(config, local_dataset)
+    rows = shard_rows(config, partition_id, num_partitions, local_dataset)
+    shard = data.train.subset([row for row in rows if row != CANARY_ROW])
+    if receives_canaries(config, partition_id, local_dataset):
+        shard = shard.concat(canary_copies(config, data.dev, data.num_labels))
+    return shard
 
 
 @functools.lru_cache(maxsize=16)

@@ -11,6 +11,7 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedguard.apps.capture import record_server_adapters
 from fedguard.apps.checkpoint import load_checkpoint, save_checkpoint
 from fedguard.apps.atomic_write import write_json_atomic
 from fedguard.apps.run_output import SampleWriter, save_adapters
@@ -18,7 +19,9 @@ from fedguard.apps.runtime import data_for, lora_settings, runtime_for
 from fedguard.apps.server_privacy import ServerPrivacy
 from fedguard.apps.split_rounds import SplitRoundRunner, as_dict
 from fedguard.config import RunConfig
+from fedguard.data.canaries import check_canaries, evaluation_rows
 from fedguard.model.loading import resolve_model_source
+from fedguard.model.lora import trainable_state
 from strategies import build_strategy
 from strategies.privacy_budget import PrivacyBudgetStrategy
 
@@ -49,12 +52,15 @@ def main(grid: Grid, context: Context) -> None:
                     config.label_protection)
     data = data_for(config)
     eval_data = data.dev if data.dev is not None else data.train.subset(list(range(min(1000, len(data.train)))))
+    if data.dev is not None:  # classification canaries and controls are dev rows with flipped labels: not scored
+        eval_data = data.dev.subset(evaluation_rows(config, len(data.dev)))
     if data.dev is None:
         log.warning("dataset has no dev/validation split: evaluating on the first 1000 training rows")
     if config.eval_examples:
         eval_data = eval_data.subset(list(range(min(config.eval_examples, len(eval_data)))))
     check_dp_target(config, len(data.train), len(list(grid.get_node_ids())))
     runtime = runtime_for(config, data.num_labels)  # raises SplitError for a split-layer out of range
+    check_canaries(config, runtime.tokenizer, data.dev)
     write_json_atomic(out / "config.json", config.to_dict())
     privacy = ServerPrivacy(config, out)
     privacy.save()
@@ -85,6 +91,8 @@ def main(grid: Grid, context: Context) -> None:
             log.warning("stopping before round %d: fewer than min-fit-clients=%d clients are within their "
                         "privacy budgets (%s)", server_round, config.min_fit_clients, privacy.excluded)
             break
+        # Evaluation only (capture): the adapter every client of this round starts from, and the server half.
+        sent, server_start = dict(runner.global_adapter), trainable_state(runtime.server)
         record = runner.run_round(server_round)
         metrics["rounds"].append(as_dict(record))
         best = max(metrics["rounds"], key=lambda r: r["accuracy"])
@@ -93,6 +101,8 @@ def main(grid: Grid, context: Context) -> None:
             metrics["final_perplexity"] = record.perplexity
         write_json_atomic(out / "metrics.json", metrics)
         save_checkpoint(out, runner.checkpoint(server_round, metrics))
+        if config.capture_activations > 0:  # evaluation only: joined with the clients' captured updates
+            record_server_adapters(out, server_round, trainable_state(runtime.server), sent, server_start)
         if samples is not None:
             samples.write(server_round)
         log.info(

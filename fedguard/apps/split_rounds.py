@@ -35,6 +35,7 @@ from fedguard.config import RunConfig
 from fedguard.data.sources import TextDataset
 from fedguard.model.lora import load_trainable_state, trainable_state
 from fedguard.protocol import messages as proto
+from fedguard.protocol.wire import WIRE_DTYPES
 from fedguard.protocol.messages import ActivationBatch
 from fedguard.training import optimizer_state
 from fedguard.training.server_half import Evaluation, MiddleTrainer, ServerHalfTrainer, evaluate_joined
@@ -95,7 +96,7 @@ class SplitRoundRunner:
         self.middle = MiddleTrainer(runtime.server, config.learning_rate) if config.u_shape else None
         self.global_adapter = trainable_state(runtime.client)
         self.eval_batches = runtime.eval_batches(eval_data, config.max_length)
-        self.wire_dtype = proto.WIRE_DTYPES[config.activation_dtype]
+        self.wire_dtype = WIRE_DTYPES[config.activation_dtype]
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self) -> Evaluation:

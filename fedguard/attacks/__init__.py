@@ -4,6 +4,8 @@
 * :mod:`~fedguard.attacks.inversion` — text reconstruction from the activations a client sent (the server
   as adversary): nearest-neighbour inversion and a learned inverter;
 * :mod:`~fedguard.attacks.membership` — loss-threshold and calibrated membership inference on the released model;
+* :mod:`~fedguard.attacks.canaries` — canary exposure (rank of an inserted secret among all candidates) and
+  label-flip memorisation; :mod:`~fedguard.attacks.exposure` runs them against a run with ``canaries``;
 * :mod:`~fedguard.attacks.run_dir` — what a run captured (``capture-activations``), loaded for the attacks;
 * :mod:`~fedguard.attacks.report` — runs them against a run directory, writes ``attack_report.json``.
 """

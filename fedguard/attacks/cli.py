@@ -1,4 +1,4 @@
-"""``fedguard attack {inversion,membership,all} RUN_DIR``: run the privacy attacks against a finished run."""
+"""``fedguard attack {inversion,membership,client-update,exposure,all} RUN_DIR``: run the privacy attacks against a finished run."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
     if args.max_examples < 2 or args.public_examples < 1 or args.epochs < 1:
         raise ValueError("--max-examples must be >= 2, --public-examples and --epochs >= 1")
+    if args.max_candidates < 1:
+        raise ValueError(f"--max-candidates={args.max_candidates}: must be >= 1")
     options = AttackOptions(args.max_examples, args.public_examples, args.seed,
-                            replace(InverterSettings(), epochs=args.epochs, seed=args.seed))
+                            replace(InverterSettings(), epochs=args.epochs, seed=args.seed), args.max_candidates)
     report = attack_run(Path(args.run_dir), args.attack, options)
     if args.json:
         print(json.dumps(report["attacks"]))
@@ -34,15 +36,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "attack", help="run the empirical privacy attacks against a finished run directory",
         description="Reconstruction of client text from the captured activations (the server as adversary: "
                     "nearest-neighbour and learned inversion) and membership inference on the released model "
-                    "(loss-threshold and calibrated). Needs a run made with capture-activations=N. Writes "
+                    "(loss-threshold and calibrated), and against single clients' updates as the server sees them "
+                    "(client-update). Needs a run made with capture-activations=N. Canary exposure (exposure; "
+                    "in 'all' when the run has canaries): how far the released model ranks the secrets inserted "
+                    "with canaries=N above the other candidates. Writes "
                     "RUN_DIR/attack_report.json and an 'attacks' entry in RUN_DIR/metrics.json.")
-    parser.add_argument("attack", choices=("inversion", "membership", "all"))
+    parser.add_argument("attack", choices=("inversion", "membership", "client-update", "exposure", "all"))
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run's output-dir, e.g. runs/latest")
     parser.add_argument("--max-examples", type=int, default=512,
                         help="captured examples to invert; members (and as many non-members) to score (default 512)")
     parser.add_argument("--public-examples", type=int, default=400,
                         help="public held-out sentences the learned inverter trains on (default 400)")
     parser.add_argument("--epochs", type=int, default=8, help="learned-inverter training epochs (default 8)")
+    parser.add_argument("--max-candidates", type=int, default=10_000,
+                        help="exposure: candidate secrets scored per canary; all of them when there are at most "
+                             "this many, else a uniform sample and an estimated rank (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="the attacker's sampling seed (default 0)")
     parser.add_argument("--json", action="store_true", help="print the attacks' report entries as JSON")
     parser.set_defaults(func=_cmd_attack)

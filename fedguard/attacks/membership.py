@@ -93,13 +93,15 @@ def load_trained_model(run_dir: Path, config: RunConfig, num_labels: int) -> nn.
     return PeftModel.from_pretrained(model, str(folder)).eval()
 
 
-def sample_members(trained_rows: set[int], train_size: int, max_examples: int,
-                   seed: int) -> tuple[list[int], list[int]]:
+def sample_members(trained_rows: set[int], train_size: int, max_examples: int, seed: int,
+                   exclude: set[int] = frozenset()) -> tuple[list[int], list[int]]:
     """``(members, non_members)``: up to ``max_examples`` rows clients trained on, and as many training-set
-    rows no client trained on (same distribution), each drawn without replacement with ``seed``."""
+    rows no client trained on (same distribution; never one of ``exclude``), each drawn without replacement
+    with ``seed``."""
     rng = np.random.default_rng(seed)
     members = sorted(r for r in trained_rows if 0 <= r < train_size)
-    outside = np.setdiff1d(np.arange(train_size), np.asarray(members, dtype=np.int64))
+    taken = np.asarray(sorted(set(members) | set(exclude)), dtype=np.int64)
+    outside = np.setdiff1d(np.arange(train_size), taken)
     count = min(len(members), len(outside), max_examples)
     if count < 2:
         raise ValueError(f"need at least 2 members and 2 non-members; have {len(members)} trained rows and "

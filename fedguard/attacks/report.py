@@ -24,6 +24,8 @@ from fedguard import __version__
 from fedguard.apps.atomic_write import write_json_atomic
 from fedguard.apps.runtime import Examples, RunData, run_data
 from fedguard.attacks import inversion as inv
+from fedguard.attacks.client_updates import has_client_updates, run_client_update_membership
+from fedguard.attacks.exposure import run_exposure
 from fedguard.attacks.membership import (
     encode_rows,
     example_losses,
@@ -35,11 +37,12 @@ from fedguard.attacks.membership import (
 from fedguard.attacks.metrics import rouge_l_f1, text_words, token_recovery_rate, token_set_f1
 from fedguard.attacks.run_dir import RunDirError, load_captures, load_run_config, load_trained_rows
 from fedguard.config import RunConfig
+from fedguard.data.canaries import evaluation_rows
 from fedguard.model.loading import ModelSpec, load_task_model, load_tokenizer
 from fedguard.model.split import split_model
 
 REPORT_FILE = "attack_report.json"
-ATTACKS = ("inversion", "membership")
+ATTACKS = ("inversion", "membership", "client-update", "exposure")
 SAMPLES = 5
 
 INVERSION_THREAT = (
@@ -54,12 +57,14 @@ MEMBERSHIP_THREAT = (
 class AttackOptions:
     """``max_examples``: captured examples attacked (inversion) and members sampled (membership, with as many
     non-members); ``public_examples``: public sentences the learned inverter trains on; ``seed``: all the
-    attacker's sampling; ``inverter``: its training settings."""
+    attacker's sampling; ``inverter``: its training settings; ``max_candidates``: candidate secrets scored per
+    canary (exposure: all of them when there are at most this many, else a sample of this size)."""
 
     max_examples: int = 512
     public_examples: int = 400
     seed: int = 0
     inverter: inv.InverterSettings = field(default_factory=inv.InverterSettings)
+    max_candidates: int = 10_000
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -101,7 +106,8 @@ def _public_text(config: RunConfig, data: RunData, count: int, seed: int) -> tup
     if data.dev is None or len(data.dev) == 0:
         raise RunDirError(f"dataset {config.dataset!r} has no held-out split to serve as the attacker's public "
                           "text (the learned inverter must never train on a client's shard)")
-    rows = np.random.default_rng(seed).permutation(len(data.dev))[:count]
+    allowed = np.asarray(evaluation_rows(config, len(data.dev)))  # not the label-flip canaries, nor their controls
+    rows = allowed[np.random.default_rng(seed).permutation(len(allowed))[:count]]
     return data.dev, sorted(int(r) for r in rows)
 
 
@@ -243,7 +249,8 @@ def run_membership(run_dir: Path, options: AttackOptions = AttackOptions()) -> d
 # --------------------------------------------------------------------------------------------------------------
 
 def attack_run(run_dir: Path, which: str = "all", options: AttackOptions = AttackOptions()) -> dict:
-    """Run ``which`` (``inversion``, ``membership`` or ``all``) against ``run_dir``, write
+    """Run ``which`` (one of :data:`ATTACKS`, or ``all``: every attack the run has the captures for) against
+    ``run_dir``, write
     ``attack_report.json`` and the ``attacks`` entry of ``metrics.json``, and return the report."""
     run_dir = Path(run_dir).expanduser()
     if which not in (*ATTACKS, "all"):
@@ -254,6 +261,12 @@ def attack_run(run_dir: Path, which: str = "all", options: AttackOptions = Attac
         results.update(run_inversion(run_dir, options))
     if which in ("membership", "all"):
         results.update(run_membership(run_dir, options))
+    if which == "client-update" or (which == "all" and has_client_updates(run_dir)):
+        data = run_data(config.task, config.dataset, config.text_column, config.label_column)
+        results.update(run_client_update_membership(run_dir, config, data, options.max_examples, options.seed))
+    if which == "exposure" or (which == "all" and config.canaries > 0):
+        data = run_data(config.task, config.dataset, config.text_column, config.label_column)
+        results.update(run_exposure(run_dir, config, data, options.max_candidates, options.seed))
     path = run_dir / REPORT_FILE
     report = json.loads(path.read_text()) if path.is_file() else {}
     report.update({
@@ -263,7 +276,7 @@ def attack_run(run_dir: Path, which: str = "all", options: AttackOptions = Attac
         "run": {key: config.to_dict()[key] for key in (
             "model", "task", "split-layer", "label-protection", "act-clip-norm", "act-noise-multiplier",
             "dp-noise-multiplier", "dp-target-epsilon", "dp-max-grad-norm", "num-server-rounds", "local-steps",
-            "batch-size", "seed")},
+            "batch-size", "seed", "canaries", "canary-repeats")},
     })
     report.setdefault("attacks", {}).update(results)
     write_json_atomic(path, _finite(report))

@@ -66,6 +66,10 @@ class InstructionDataset:
     def subset(self, indices: list[int]) -> InstructionDataset:
         return InstructionDataset([self.prompt[i] for i in indices], [self.response[i] for i in indices])
 
+    def concat(self, other: InstructionDataset) -> InstructionDataset:
+        """This data set's records followed by ``other``'s."""
+        return InstructionDataset(self.prompt + other.prompt, self.response + other.response)
+
     @property
     def text(self) -> list[str]:
         """Prompt and response joined, one string per record (e.g. for length-grouping by word count)."""

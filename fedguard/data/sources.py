@@ -36,6 +36,10 @@ class TextDataset:
     def subset(self, indices: list[int]) -> TextDataset:
         return TextDataset([self.text[i] for i in indices], [self.label[i] for i in indices])
 
+    def concat(self, other: TextDataset) -> TextDataset:
+        """This data set's rows followed by ``other``'s."""
+        return TextDataset(self.text + other.text, self.label + other.label)
+
 
 @dataclass(frozen=True)
 class DatasetSplits:

@@ -31,6 +31,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedguard.privacy import InvalidEventError, MechanismEvent
+from fedguard.protocol.wire import (
+    ActivationCodec,
+    WireFormatError,
+    decode_hidden,
+    dtype_name,
+    pack,
+    unpack,
+)
 
 TRAIN = "train"
 EXCHANGE = "train.exchange"
@@ -48,30 +56,6 @@ NUM_LABELS = "num-labels"  # train config: classes of the task head
 FREEZE_LORA_A = "lora-freeze-a"  # train config: True = clients keep every LoRA A as received (FFA-LoRA)
 PRIVACY = "privacy"  # the client's privacy events for this reply, and its stable client id
 REFUSAL = "refusal"  # a client declining to train (budget), with its reason
-
-
-WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-"""``activation-dtype``: the float type of hidden states and their gradients on the wire (not of adapters).
-Receivers compute in float32 whatever arrives; float16/bfloat16 halve the bytes. bfloat16 travels as the
-int16 bit pattern (Flower's arrays are numpy, which has no bfloat16), flagged in the chunk's ``dtype``."""
-
-
-def _pack(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    out = tensor.detach().to(dtype).contiguous()
-    return out.view(torch.int16) if dtype == torch.bfloat16 else out
-
-
-def _unpack(tensor: torch.Tensor, content: RecordDict) -> torch.Tensor:
-    """A received hidden-state/gradient tensor as float32 (undoing the bfloat16 packing)."""
-    if content.config_records[CHUNK].get("dtype") == "bfloat16":
-        if tensor.dtype != torch.int16:
-            raise ProtocolError(f"bfloat16 chunk carries {tensor.dtype} data")
-        tensor = tensor.view(torch.bfloat16)
-    return tensor
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return next(name for name, value in WIRE_DTYPES.items() if value == dtype)
 
 
 class ProtocolError(ValueError):
@@ -124,16 +108,18 @@ def payload_bytes(content: RecordDict) -> int:
     return sum(record.count_bytes() for record in content.array_records.values())
 
 
-def encode_activations(chunk: ActivationChunk, dtype: torch.dtype = torch.float32) -> RecordDict:
+def encode_activations(chunk: ActivationChunk, codec: ActivationCodec = ActivationCodec()) -> RecordDict:
+    """The client's chunk as a message: hidden states encoded by ``codec`` (wire dtype and compression)."""
     tensors: dict[str, torch.Tensor] = {}
+    hidden_size = chunk.batches[0].hidden.shape[-1] if chunk.batches else 0
     for i, batch in enumerate(chunk.batches):
-        tensors[f"hidden.{i}"] = _pack(batch.hidden, dtype)
+        tensors.update(codec.encode(batch.hidden, f"hidden.{i}"))
         tensors[f"mask.{i}"] = batch.attention_mask.detach().to(torch.int8).contiguous()
         if batch.labels is not None:
             tensors[f"labels.{i}"] = batch.labels.detach().to(torch.int64).contiguous()
     return RecordDict({
         ACTIVATIONS: ArrayRecord(torch_state_dict=tensors),
-        CHUNK: ConfigRecord({"batches": len(chunk.batches), "dtype": _dtype_name(dtype)}),
+        CHUNK: ConfigRecord({"batches": len(chunk.batches), **codec.config(hidden_size)}),
         TIMING: MetricRecord({"client-seconds": float(chunk.client_seconds)}),
     })
 
@@ -149,10 +135,13 @@ def decode_activations(content: RecordDict, hidden_size: int, expect_labels: boo
     tensors = content.array_records[ACTIVATIONS].to_torch_state_dict()
     batches: list[ActivationBatch] = []
     for i in range(count):
-        hidden, mask = tensors.get(f"hidden.{i}"), tensors.get(f"mask.{i}")
-        if hidden is None or mask is None:
+        mask = tensors.get(f"mask.{i}")
+        if f"hidden.{i}" not in tensors or mask is None:
             raise ProtocolError(f"activation reply: batch {i} lacks hidden states or mask")
-        hidden = _unpack(hidden, content)
+        try:
+            hidden = decode_hidden(tensors, f"hidden.{i}", content.config_records[CHUNK], hidden_size)
+        except WireFormatError as err:
+            raise ProtocolError(f"activation reply: batch {i}: {err}") from err
         if hidden.dim() != 3 or hidden.shape[-1] != hidden_size:
             raise ProtocolError(f"activation reply: batch {i} hidden shape {tuple(hidden.shape)}, "
                                 f"expected [batch, seq, {hidden_size}]")
@@ -182,8 +171,8 @@ def _client_seconds(content: RecordDict) -> float:
 def _encode_tensor_list(key: str, tensors: list[torch.Tensor], dtype: torch.dtype,
                         **config: int | bool | float) -> RecordDict:
     return RecordDict({
-        key: ArrayRecord(torch_state_dict={str(i): _pack(t, dtype) for i, t in enumerate(tensors)}),
-        CHUNK: ConfigRecord({"batches": len(tensors), "dtype": _dtype_name(dtype), **config}),
+        key: ArrayRecord(torch_state_dict={str(i): pack(t, dtype) for i, t in enumerate(tensors)}),
+        CHUNK: ConfigRecord({"batches": len(tensors), "dtype": dtype_name(dtype), **config}),
     })
 
 
@@ -197,7 +186,10 @@ def _decode_tensor_list(content: RecordDict, key: str, shapes: list[tuple[int, .
     out = []
     for i, shape in enumerate(shapes):
         tensor = tensors.get(str(i))
-        tensor = None if tensor is None else _unpack(tensor, content)
+        try:
+            tensor = None if tensor is None else unpack(tensor, content.config_records[CHUNK].get("dtype"))
+        except WireFormatError as err:
+            raise ProtocolError(f"{key} {i}: {err}") from err
         if tensor is None or tuple(tensor.shape) != tuple(shape):
             raise ProtocolError(f"{key} {i}: shape {None if tensor is None else tuple(tensor.shape)}, "
                                 f"expected {tuple(shape)}")

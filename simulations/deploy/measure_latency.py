@@ -108,7 +108,7 @@ def main() -> int:
     args = parser.parse_args()
     cold = [subprocess.run([sys.executable, "-c", COLD_START], capture_output=True, text=True, check=True,
                            cwd=ROOT).stdout.split() for _ in range(2)]
-    print(f"ClientApp cold start (imports / imports + model load): "
+    print("ClientApp cold start (imports / imports + model load): "
           + ", ".join(f"{a}s / {b}s" for a, b in cold), flush=True)
     rows = []
     for variant in args.variants:

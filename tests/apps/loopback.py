@@ -8,14 +8,20 @@ wire.
 
 from __future__ import annotations
 
+import json
+import tomllib
 from collections.abc import Iterable
+from pathlib import Path
 from uuid import uuid4
 
+import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedguard.apps import server_app
 from fedguard.apps.client_app import app as client_app
-from fedguard.testing import FakeGrid
+from fedguard.apps.local_run import ROOT
+from fedguard.testing import FakeGrid, ensure_message_identity
 
 
 class LoopbackGrid(FakeGrid):
@@ -43,9 +49,32 @@ class LoopbackGrid(FakeGrid):
         return replies
 
 
-def node_contexts(run_config: dict, num_nodes: int, first_id: int = 101) -> dict[int, Context]:
-    """One ``Context`` per simulated node, with the partition ids a simulation would give them."""
+def node_contexts(run_config: dict, num_nodes: int, first_id: int = 101,
+                  num_partitions: int | None = None) -> dict[int, Context]:
+    """One ``Context`` per simulated node, with the partition ids a simulation would give them (node i holds
+    partition i of ``num_partitions``, default ``num_nodes``: more partitions than nodes leave rows untrained)."""
     return {first_id + i: Context(run_id=1, node_id=first_id + i,
-                                  node_config={"partition-id": i, "num-partitions": num_nodes},
+                                  node_config={"partition-id": i, "num-partitions": num_partitions or num_nodes},
                                   state=RecordDict(), run_config=dict(run_config))
             for i in range(num_nodes)}
+
+
+def run_server(tmp_path: Path, overrides: dict, num_nodes: int = 2) -> tuple[LoopbackGrid, dict]:
+    """One small run of the real apps over a loopback grid (the app's default config + ``overrides``);
+    returns the grid (every message recorded) and the run's ``metrics.json``."""
+    ensure_message_identity()
+    raw = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    raw.update({"num-server-rounds": 1, "local-steps": 4, "batch-size": 4, "exchange-batches": 2,
+                "max-length": 48, "eval-examples": 16, "output-dir": str(tmp_path / "run"), **overrides})
+    grid = LoopbackGrid(node_contexts(raw, num_nodes))
+    server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=raw))
+    return grid, json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+
+def tensors_of(message: Message) -> dict[str, torch.Tensor]:
+    """Every tensor a message carries, keyed ``<record>/<name>``."""
+    out = {}
+    for key, record in message.content.array_records.items():
+        for name, tensor in record.to_torch_state_dict().items():
+            out[f"{key}/{name}"] = tensor
+    return out

@@ -1,41 +1,28 @@
-"""A server that dies mid-round resumes from its last completed round without losing any privacy record.
+"""A server process that is killed mid-round resumes from its last completed round without losing any privacy
+record.
 
-The real ServerApp and ClientApps run in this process over a loopback Grid; the "crash" is the server's
-process stopping inside round 2, between two split-learning exchanges (after some of that round's
-activations already reached it).
+The real ServerApp and ClientApps run in a child process over a loopback grid (tests/apps/killed_server.py);
+the child is SIGKILLed inside round 2, between two split-learning exchanges, after some of that round's
+activations already reached the server. The clients keep their ledgers on disk (node config ``ledger-path``),
+as SuperNodes do, so their own record of what they released is the reference.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import tomllib
 
-import pytest
 from flwr.app import Context, RecordDict
 
 from fedguard.apps import server_app
 from fedguard.privacy import PrivacyLedger
 from fedguard.testing import ensure_message_identity
 from tests.apps.flwr_harness import ROOT
+from tests.apps.killed_server import client_contexts
 from tests.apps.loopback import LoopbackGrid, node_contexts
-
-
-class ServerCrash(BaseException):
-    """Stands for the server process dying (not an Exception: nothing may catch it)."""
-
-
-class CrashingGrid(LoopbackGrid):
-    """Dies at the start of its ``crash_at``-th ``send_and_receive`` call."""
-
-    def __init__(self, contexts, crash_at: int) -> None:
-        super().__init__(contexts)
-        self.calls, self.crash_at = 0, crash_at
-
-    def send_and_receive(self, messages, *, timeout=None):
-        self.calls += 1
-        if self.calls == self.crash_at:
-            raise ServerCrash
-        return super().send_and_receive(messages, timeout=timeout)
 
 
 def _raw(out, **overrides) -> dict:
@@ -54,43 +41,49 @@ def _totals(ledger: PrivacyLedger) -> dict[str, dict[str, int]]:
             for client in ledger.clients()}
 
 
-def _client_totals(contexts) -> dict[str, dict[str, int]]:
+def _client_totals(ledger_dir) -> dict[str, dict[str, int]]:
     ledger = PrivacyLedger()
-    for context in contexts.values():
-        for client, events in json.loads(str(context.state.config_records["fedguard.ledger"]["json"])).items():
-            from fedguard.privacy import MechanismEvent
-            for item in events:
-                ledger.record(client, MechanismEvent.from_dict(item))
+    for path in sorted(ledger_dir.glob("client-*.json")):
+        own = PrivacyLedger.load(path)
+        for client in own.clients():
+            for event in own.events(client):
+                ledger.record(client, event)
     return _totals(ledger)
 
 
-def test_resume_continues_from_the_last_round_and_never_under_counts(tmp_path):
-    ensure_message_identity()
-    out = tmp_path / "run"
+def _killed_server(raw: dict, ledger_dir, kill_at: int) -> subprocess.CompletedProcess:
+    config = ledger_dir.parent / "run-config.json"
+    config.write_text(json.dumps(raw))
+    return subprocess.run([sys.executable, "-m", "tests.apps.killed_server", str(config), str(ledger_dir),
+                           str(kill_at)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_resume_after_the_server_process_is_killed_never_under_counts(tmp_path):
+    out, ledger_dir = tmp_path / "run", tmp_path / "client-ledgers"
+    ledger_dir.mkdir()
     raw = _raw(out)
-    contexts = node_contexts(raw, 2)  # the clients survive the server's crash, as SuperNodes would
-    # Round 1 takes 5 exchanges (4 chunks + final); the crash comes at round 2's third exchange.
-    with pytest.raises(ServerCrash):
-        server_app.main(CrashingGrid(contexts, crash_at=8),
-                        Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=raw))
+    # Round 1 takes 5 exchanges (4 chunks + final); the kill comes at round 2's third exchange.
+    killed = _killed_server(raw, ledger_dir, kill_at=8)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [1]
-    at_crash = _totals(PrivacyLedger.load(out / "privacy_ledger.json"))
-    # Every release that reached the server is on disk: the round-2 activations included.
-    assert at_crash == _client_totals(contexts)
+    at_kill = _totals(PrivacyLedger.load(out / "privacy_ledger.json"))
+    # Every release that reached the server is on disk, the round-2 activations included.
+    assert at_kill == _client_totals(ledger_dir)
     ledger = PrivacyLedger.load(out / "privacy_ledger.json")
     assert all(any(e.round == 2 for e in ledger.events(c, "activation")) for c in ledger.clients())
 
+    ensure_message_identity()
     resumed = {**raw, "resume": True}
-    grid = LoopbackGrid(contexts)
-    server_app.main(grid, Context(run_id=2, node_id=0, node_config={}, state=RecordDict(), run_config=resumed))
+    server_app.main(LoopbackGrid(client_contexts(resumed, ledger_dir)),
+                    Context(run_id=2, node_id=0, node_config={}, state=RecordDict(), run_config=resumed))
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
     final = _totals(PrivacyLedger.load(out / "privacy_ledger.json"))
-    assert final == _client_totals(contexts)  # nothing lost, nothing invented
+    assert final == _client_totals(ledger_dir)  # nothing lost, nothing invented
     for client, kinds in final.items():
-        assert kinds["activation"] >= at_crash[client]["activation"]
-        assert kinds["dp-sgd"] == 3 * 4  # rounds 1, 2 (re-run) and 3: the crashed round's steps never finished
+        assert kinds["activation"] > at_kill[client]["activation"]
+        assert kinds["dp-sgd"] == 3 * 4  # rounds 1, 2 (re-run) and 3: the killed round's steps never finished
 
 
 def test_a_new_run_keeps_an_old_ledger_aside_instead_of_overwriting_it(tmp_path):

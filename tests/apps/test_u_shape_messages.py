@@ -6,37 +6,13 @@ simulation), so every message that would cross the network is recorded.
 
 from __future__ import annotations
 
-import json
-import tomllib
-
 import pytest
 import torch
-from flwr.app import Context, RecordDict
 
-from fedguard.apps import server_app
 from fedguard.protocol import messages as proto
-from fedguard.testing import ensure_message_identity
-from tests.apps.flwr_harness import ROOT
-from tests.apps.loopback import LoopbackGrid, node_contexts
+from tests.apps.loopback import run_server as _run
+from tests.apps.loopback import tensors_of as _tensors
 from tests.apps.tiny_causal_lm import save_tiny_llama
-
-
-def _run(tmp_path, overrides: dict) -> tuple[LoopbackGrid, dict]:
-    ensure_message_identity()
-    raw = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    raw.update({"num-server-rounds": 1, "local-steps": 4, "batch-size": 4, "exchange-batches": 2,
-                "max-length": 48, "eval-examples": 16, "output-dir": str(tmp_path / "run"), **overrides})
-    grid = LoopbackGrid(node_contexts(raw, 2))
-    server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=raw))
-    return grid, json.loads((tmp_path / "run" / "metrics.json").read_text())
-
-
-def _tensors(message) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, record in message.content.array_records.items():
-        for name, tensor in record.to_torch_state_dict().items():
-            out[f"{key}/{name}"] = tensor
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,14 @@ def save_tiny_bert(folder: Path, hidden: int = 64, layers: int = 2) -> Path:
     return folder
 
 
-def run_tiny(output: Path, model: Path, **overrides: object) -> Path:
-    """One short federated run with 2 clients (``overrides``: run-config keys); returns its output dir."""
+def run_tiny(output: Path, model: Path, num_partitions: int = 2, **overrides: object) -> Path:
+    """One short federated run with 2 clients holding partitions 0 and 1 of ``num_partitions``
+    (``overrides``: run-config keys); returns its output dir."""
     ensure_message_identity()
     raw = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     raw.update({"model": str(model), "num-server-rounds": 1, "local-steps": 4, "batch-size": 8,
                 "exchange-batches": 2, "max-length": 32, "eval-examples": 16, "split-layer": 0,
                 "capture-activations": 16, "output-dir": str(output), **overrides})
-    grid = LoopbackGrid(node_contexts(raw, 2))
+    grid = LoopbackGrid(node_contexts(raw, 2, num_partitions=num_partitions))
     server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=raw))
     return output
