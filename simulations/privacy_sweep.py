@@ -132,6 +132,11 @@ def run_point(point: Point, args: argparse.Namespace) -> dict:
     }
 
 
+def best_recovery(row: dict) -> float:
+    """The better of the two inversions' content-token recovery (0 when neither ran)."""
+    return max(row["nn_recovery"] or 0.0, row["learned_recovery"] or 0.0)
+
+
 def _fmt(value: object) -> str:
     if value is None:
         return "none"
@@ -154,12 +159,13 @@ def summary_table(rows: list[dict]) -> str:
     def pct(value: float | None) -> str:
         return "none" if value is None else f"{100 * value:.1f}%"
 
-    header = ("| configuration | accuracy | ε activations, per release | ε adapter, whole run (certified) | "
+    header = ("| configuration | accuracy | ε activations, per release (δ = run's dp-delta) | "
+              "ε adapter, whole run (certified, δ = run's dp-delta) | "
               "best token recovery (prior) | best membership AUC (released model / client update) | "
               "client s / round | MB / round |")
     lines = [header, "|" + "---|" * 8]
     for row in rows:
-        recovery = max(row["nn_recovery"] or 0.0, row["learned_recovery"] or 0.0)
+        recovery = best_recovery(row)
         update = row.get("client_update_auc")
         lines.append(
             f"| {row['point']} | {pct(row['accuracy'])} | {_fmt(row['epsilon_activation_per_release'])} | "
@@ -208,11 +214,11 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     accuracy = [r["accuracy"] for r in rows]
-    ax.scatter(accuracy, [max(r["nn_recovery"] or 0, r["learned_recovery"] or 0) for r in rows], marker="o",
+    ax.scatter(accuracy, [best_recovery(r) for r in rows], marker="o",
                label="inversion: best content-token recovery")
     ax.scatter(accuracy, [r["membership_auc"] for r in rows], marker="^", label="membership: loss-attack AUC")
     for r in rows:
-        ax.annotate(r["point"], (r["accuracy"], max(r["nn_recovery"] or 0, r["learned_recovery"] or 0)), fontsize=7,
+        ax.annotate(r["point"], (r["accuracy"], best_recovery(r)), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     ax.axhline(0.5, color="grey", lw=0.5, ls="--")
     ax.set_xlabel("final accuracy")
@@ -271,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             writer.writerows(rows)
         last = rows[-1]
         print(f"   accuracy {last['accuracy']:.4f}, inversion "
-              f"{max(last['nn_recovery'] or 0, last['learned_recovery'] or 0):.3f}, "
+              f"{best_recovery(last):.3f}, "
               f"membership AUC {last['membership_auc']:.3f}", flush=True)
     figures = plot(rows, args.out)
     print(markdown_table(rows))

@@ -135,6 +135,13 @@ def federation_config(supernodes: int, cpus_per_client: int, gpus_per_client: fl
     return config
 
 
+def _fraction(text: str) -> bool:
+    try:
+        return 0.0 < float(text) <= 1.0
+    except ValueError:
+        return False
+
+
 def wire_settings(setting: str) -> dict[str, object]:
     """Run-config overrides for one ``--wire`` setting (see the module docstring)."""
     overrides: dict[str, object] = {}
@@ -144,7 +151,7 @@ def wire_settings(setting: str) -> dict[str, object]:
             overrides["activation-dtype"] = name
         elif name == "int8" and not value:
             overrides["activation-compression"] = "int8"
-        elif name == "topk" and value:
+        elif name == "topk" and value and _fraction(value):
             overrides.update({"activation-compression": "topk", "activation-topk": float(value)})
         else:
             raise ValueError(f"--wire part {part!r}: allowed float32, float16, bfloat16, int8, topk:F (0 < F <= 1)")

@@ -51,11 +51,11 @@ def main(grid: Grid, context: Context) -> None:
                     "receives every client's text; use 'u-shape' to keep it on the clients",
                     config.label_protection)
     data = data_for(config)
-    eval_data = data.dev if data.dev is not None else data.train.subset(list(range(min(1000, len(data.train)))))
     if data.dev is not None:  # classification canaries and controls are dev rows with flipped labels: not scored
         eval_data = data.dev.subset(evaluation_rows(config, len(data.dev)))
-    if data.dev is None:
+    else:
         log.warning("dataset has no dev/validation split: evaluating on the first 1000 training rows")
+        eval_data = data.train.subset(list(range(min(1000, len(data.train)))))
     if config.eval_examples:
         eval_data = eval_data.subset(list(range(min(config.eval_examples, len(eval_data)))))
     check_dp_target(config, len(data.train), len(list(grid.get_node_ids())))
@@ -91,8 +91,8 @@ def main(grid: Grid, context: Context) -> None:
             log.warning("stopping before round %d: fewer than min-fit-clients=%d clients are within their "
                         "privacy budgets (%s)", server_round, config.min_fit_clients, privacy.excluded)
             break
-        # Evaluation only (capture): the adapter every client of this round starts from, and the server half.
-        sent, server_start = dict(runner.global_adapter), trainable_state(runtime.server)
+        if config.capture_activations > 0:  # evaluation only: what this round's clients and server start from
+            sent, server_start = dict(runner.global_adapter), trainable_state(runtime.server)
         record = runner.run_round(server_round)
         metrics["rounds"].append(as_dict(record))
         best = max(metrics["rounds"], key=lambda r: r["accuracy"])

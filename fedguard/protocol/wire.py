@@ -120,7 +120,10 @@ def decode_hidden(tensors: Mapping[str, torch.Tensor], name: str, config: Mappin
     if data is None:
         raise WireFormatError(f"{name}: missing")
     if compression == "none":
-        return unpack(data, config.get("dtype")).float()
+        values = unpack(data, config.get("dtype"))
+        if not values.is_floating_point():
+            raise WireFormatError(f"{name}: uncompressed hidden states must be floats, got {values.dtype}")
+        return values.float()
     if compression == "int8":
         scale = tensors.get(f"{name}.scale")
         if data.dtype != torch.int8 or data.dim() != 3 or data.shape[-1] != hidden_size:

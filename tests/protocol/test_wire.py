@@ -79,6 +79,7 @@ def _tamper(codec: ActivationCodec, **tensors: torch.Tensor):
 
 
 @pytest.mark.parametrize("codec,tensors,reason", [
+    (ActivationCodec("none"), {"hidden.0": torch.ones(3, 5, 32, dtype=torch.int32)}, "must be floats"),
     (ActivationCodec("int8"), {"hidden.0.scale": torch.ones(3, 4)}, r"hidden.0.scale: needs float \[batch, seq\]"),
     (ActivationCodec("int8"), {"hidden.0": torch.ones(3, 5, 32)}, "int8 compression needs int8"),
     (ActivationCodec("int8"), {"hidden.0.scale": torch.full((3, 5), float("inf"))}, "not finite"),
