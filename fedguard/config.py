@@ -17,6 +17,7 @@ TASKS = ("classification", "causal-lm")
 LABEL_PROTECTIONS = ("auto", "clear", "randomized-response", "u-shape")
 DEFAULT_DATASETS = {"classification": "sst2", "causal-lm": "alpaca-libre"}  # what dataset="auto" means
 ACCOUNTANTS = ("edgeworth", "pld", "rdp")
+TRACKERS = ("tensorboard", "mlflow")  # run-config key tracking; see fedguard/tracking.py
 MAX_CANARIES = 256  # distinct made-up names of the causal-LM canaries (fedguard/data/canaries.py)
 ACTIVATION_COMPRESSIONS = ("none", "int8", "topk")  # see fedguard/protocol/wire.py
 
@@ -61,7 +62,8 @@ class RunConfig:
     resume: bool = False
     # Local differential privacy (0 = off). See docs/threat-model.md for what each one protects.
     dp_noise_multiplier: float = 0.0
-    dp_max_grad_norm: float = 1.0
+    dp_max_grad_norm: float = 1.0  # C_c: per-example clip of the client part of the gradient
+    dp_server_max_grad_norm: float = 1.0  # C_s: per-example clip of the server part (whole-model DP-SGD)
     dp_target_epsilon: float = 0.0
     dp_delta: float = 1e-5
     act_clip_norm: float = 0.0
@@ -73,6 +75,8 @@ class RunConfig:
     max_epsilon: float = 0.0
     max_activation_epsilon: float = 0.0
     accountant: str = "edgeworth"
+    # Experiment trackers fed after every round: "none" or a comma-separated subset of TRACKERS.
+    tracking: str = "none"
     # Attack evaluation: examples per client whose sent tensors are written to output-dir/captures (0 = off).
     capture_activations: int = 0
     # Attack evaluation: synthetic secrets (canaries) in the shards of partitions 0..canary-clients-1, each
@@ -123,6 +127,8 @@ class RunConfig:
             object.__setattr__(self, "dataset", DEFAULT_DATASETS[self.task])
         if self.label_protection == "auto":
             object.__setattr__(self, "label_protection", "u-shape" if self.task == "causal-lm" else "clear")
+        if self.dp_target_epsilon > 0 and self.max_epsilon == 0:  # the target is also the budget
+            object.__setattr__(self, "max_epsilon", self.dp_target_epsilon)
 
     def validate(self) -> None:
         """Check every value; raise :class:`ConfigError` naming each bad key and what is allowed."""
@@ -199,6 +205,10 @@ class RunConfig:
              f"strategy-trim-fraction={self.strategy_trim_fraction}: must be in [0, 0.5)")
         need(0 <= self.strategy_svd_rank <= self.lora_r,
              f"strategy-svd-rank={self.strategy_svd_rank}: must be in [0, lora-r={self.lora_r}] (0 = lora-r)")
+        try:
+            parse_tracking(self.tracking)
+        except ConfigError as err:
+            problems.append(str(err))
         self._validate_privacy(need)
         if problems:
             raise ConfigError("invalid run config: " + "; ".join(problems))
@@ -212,6 +222,8 @@ class RunConfig:
             need(_finite(value) and value >= 0, f"{key}={value}: must be a finite number >= 0 (0 = off)")
         need(_finite(self.dp_max_grad_norm) and self.dp_max_grad_norm > 0,
              f"dp-max-grad-norm={self.dp_max_grad_norm}: must be > 0")
+        need(_finite(self.dp_server_max_grad_norm) and self.dp_server_max_grad_norm > 0,
+             f"dp-server-max-grad-norm={self.dp_server_max_grad_norm}: must be > 0")
         need(_finite(self.dp_delta) and 0 < self.dp_delta < 1, f"dp-delta={self.dp_delta}: must be in (0, 1)")
         need(not (self.dp_noise_multiplier > 0 and self.dp_target_epsilon > 0),
              "dp-noise-multiplier and dp-target-epsilon are both set: give one (the other 0)")
@@ -232,15 +244,15 @@ class RunConfig:
         need(not (self.label_protection == "randomized-response" and not self.label_epsilon > 0),
              "label-protection='randomized-response' needs label-epsilon > 0")
         need(not (self.max_epsilon > 0 and not self.dp_enabled),
-             "max-epsilon needs DP-SGD (dp-noise-multiplier or dp-target-epsilon): without it the adapter "
-             "release has no privacy guarantee to budget")
+             "max-epsilon needs DP-SGD (dp-noise-multiplier or dp-target-epsilon): without it the released "
+             "model has no privacy guarantee to budget")
         need(not (self.max_activation_epsilon > 0 and not (self.act_noise_multiplier > 0 or self.dchi_eta > 0)),
              "max-activation-epsilon needs act-noise-multiplier > 0 or dchi-eta > 0")
         need(self.accountant in ACCOUNTANTS, f"accountant={self.accountant!r}: allowed {', '.join(ACCOUNTANTS)}")
 
     @property
     def dp_enabled(self) -> bool:
-        """DP-SGD on the client adapter is on."""
+        """Whole-model DP-SGD (client adapter and server half) is on."""
         return self.dp_noise_multiplier > 0 or self.dp_target_epsilon > 0
 
     @property
@@ -290,6 +302,21 @@ def parse_strategy_options(text: str) -> dict[str, str]:
             raise ConfigError(f"strategy-options: key {key!r} given twice")
         options[key] = value.strip()
     return options
+
+
+def parse_tracking(text: str) -> tuple[str, ...]:
+    """Parse ``tracking`` (``"none"`` or a comma-separated subset of :data:`TRACKERS`) into tracker names
+    (``()`` for ``"none"``). Raises :class:`ConfigError` naming the bad entry and what is allowed."""
+    names = [part.strip().lower() for part in text.split(",")]
+    if names == ["none"]:
+        return ()
+    allowed = f"allowed 'none' or a comma-separated list of {', '.join(TRACKERS)} (e.g. 'tensorboard,mlflow')"
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"tracking={text!r}: unknown tracker {name!r}; {allowed}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"tracking={text!r}: a tracker is named twice; {allowed}")
+    return tuple(names)
 
 
 def _finite(value: float) -> bool:

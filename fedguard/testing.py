@@ -49,6 +49,8 @@ def ensure_message_identity() -> None:
 class FakeGrid(Grid):
     """A Grid with fixed connected ``node_ids`` for ``configure_train``/``configure_evaluate``; sends nothing."""
 
+    simulation = True  # one process, like Flower's simulation: clients may keep budgets in memory (with a warning)
+
     def __init__(self, node_ids: Iterable[int]) -> None:
         self.node_ids = list(node_ids)
 

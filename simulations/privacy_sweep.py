@@ -6,7 +6,7 @@ knob at a time around a base configuration:
 
 * ``act``: activation noise ``act-noise-multiplier`` σ at a fixed ``act-clip-norm`` C (local Gaussian on the
   hidden states; certified ``epsilon_activation``);
-* ``dp``: DP-SGD ``dp-noise-multiplier`` on the client adapter (certified ``epsilon_adapter_certified``);
+* ``dp``: DP-SGD ``dp-noise-multiplier`` over the whole split model (certified ``epsilon_model_certified``, against third parties);
 * ``split``: the split layer (no noise).
 
 Writes ``OUT/sweep.csv``, ``OUT/accuracy_vs_epsilon.png`` (accuracy against the certified ε of the release
@@ -37,7 +37,7 @@ from fedguard.attacks.report import AttackOptions, attack_run
 from fedguard.privacy.certified import gaussian_epsilon
 
 FIELDS = ["point", "split_layer", "act_clip_norm", "act_noise_multiplier", "dp_noise_multiplier", "accuracy",
-          "epsilon_adapter_certified", "epsilon_activation", "nn_recovery", "learned_recovery",
+          "epsilon_model_certified", "epsilon_activation", "nn_recovery", "learned_recovery",
           "prior_recovery", "rouge_l", "membership_auc", "membership_calibrated_auc", "membership_tpr_at_1pct",
           "epsilon_activation_per_release", "client_update_auc", "client_seconds_per_round", "mb_per_round",
           "canary_flip_gap", "canary_margin_z",
@@ -110,7 +110,7 @@ def run_point(point: Point, args: argparse.Namespace) -> dict:
         "act_noise_multiplier": config.get("act-noise-multiplier", 0.0),
         "dp_noise_multiplier": config.get("dp-noise-multiplier", 0.0),
         "accuracy": metrics["final_accuracy"],
-        "epsilon_adapter_certified": _last(metrics["rounds"], "epsilon_adapter_certified"),
+        "epsilon_model_certified": _last(metrics["rounds"], "epsilon_model_certified"),
         "epsilon_activation": _last(metrics["rounds"], "epsilon_activation"),
         "nn_recovery": nn["content_token_recovery_rate"],
         "learned_recovery": learned["content_token_recovery_rate"],
@@ -146,7 +146,7 @@ def _fmt(value: object) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    columns = ["point", "accuracy", "epsilon_adapter_certified", "epsilon_activation", "nn_recovery",
+    columns = ["point", "accuracy", "epsilon_model_certified", "epsilon_activation", "nn_recovery",
                "learned_recovery", "prior_recovery", "rouge_l", "membership_auc", "membership_tpr_at_1pct"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]
@@ -169,7 +169,7 @@ def summary_table(rows: list[dict]) -> str:
         update = row.get("client_update_auc")
         lines.append(
             f"| {row['point']} | {pct(row['accuracy'])} | {_fmt(row['epsilon_activation_per_release'])} | "
-            f"{_fmt(row['epsilon_adapter_certified'])} | {pct(recovery)} ({pct(row['prior_recovery'])}) | "
+            f"{_fmt(row['epsilon_model_certified'])} | {pct(recovery)} ({pct(row['prior_recovery'])}) | "
             f"{row['membership_auc']:.3f} / {'n/a' if update is None else f'{update:.3f}'} | "
             f"{row['client_seconds_per_round']:.1f} | {row['mb_per_round']:.1f} |")
     return "\n".join(lines)
@@ -184,7 +184,7 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
 
     def epsilon(row: dict) -> float | None:
         if row["dp_noise_multiplier"]:
-            return row["epsilon_adapter_certified"]
+            return row["epsilon_model_certified"]
         if row["act_noise_multiplier"]:
             return row["epsilon_activation"]
         return None

@@ -53,10 +53,10 @@ class _ClientSession:
         self.privacy = ClientPrivacy(self.config, context, len(self.shard))
         self.wire_dtype = WIRE_DTYPES[self.config.activation_dtype]
         self.codec = ActivationCodec(self.config.activation_compression, self.config.activation_topk, self.wire_dtype)
-        if self.privacy.noise_multiplier > 0:
+        if self.privacy.dp is not None:  # whole-model DP-SGD: the client part, noise std σ·C (σ·C/C_c × C_c)
             self.trainer: ClientHalfTrainer = DPClientHalfTrainer(
-                self.runtime.client, self.config.learning_rate, self.privacy.noise_multiplier,
-                self.config.dp_max_grad_norm, self.privacy.sample_rate * len(self.shard), freeze_lora_a,
+                self.runtime.client, self.config.learning_rate, self.privacy.dp.client_noise_multiplier,
+                self.config.dp_max_grad_norm, self.privacy.expected_batch_size, freeze_lora_a,
                 self.privacy.activation)
         else:
             self.trainer = ClientHalfTrainer(self.runtime.client, self.config.learning_rate, freeze_lora_a,
@@ -66,7 +66,7 @@ class _ClientSession:
     def plan(self, server_round: int) -> list[list[int]]:
         """The round's batches (shard indices). Under DP-SGD: Poisson sampling with the client's secret (the
         server must not know who was sampled); otherwise reproducible from the run's ``seed``."""
-        if self.privacy.noise_multiplier > 0:
+        if self.privacy.dp is not None:
             return [poisson_batch(len(self.shard), self.privacy.sample_rate, self.privacy.secret, server_round, step)
                     for step in range(self.config.local_steps)]
         return round_batches(len(self.shard), self.config.batch_size, self.config.local_steps,
@@ -83,7 +83,7 @@ class _ClientSession:
                     batch.labels.tolist(), plan[step], self.num_labels, self.config.label_epsilon,
                     self.privacy.secret), dtype=batch.labels.dtype)
             batches.append(batch)
-            base = self.privacy.secret if self.privacy.noise_multiplier > 0 else self.config.seed * 1_000_003
+            base = self.privacy.secret if self.privacy.dp is not None else self.config.seed * 1_000_003
             seeds.append((base + self.partition_id * 10_007 + server_round * 100_003 + step) % 2**31)
         return batches, seeds, plan[start:stop]
 
@@ -110,15 +110,17 @@ class _ClientSession:
             rows = shard_rows(self.config, self.partition_id, self.num_partitions, self.local_dataset)
             sent = [self.codec.roundtrip(h) for h in hidden]  # what the server decodes, not what was computed
             ActivationCapture(self.config, self.partition_id, rows).record(sent, batches, indices, server_round)
-        events = self.privacy.activation_events(indices, server_round)
-        self.privacy.record(events)  # persisted before the activations leave
+        labels_leave = not self.config.u_shape
+        # Everything this chunk releases (activations, its batches' DP-SGD steps, RR labels) is on the
+        # client's ledger before it leaves, and travels with it to the server's ledger.
+        events = self.privacy.chunk_events(indices, server_round, labels_leave)
+        self.privacy.record(events)
         progress.update({"round": server_round, "chunk-start": start, "chunk-size": len(batches)})
         self.save(progress)
-        labels_leave = not self.config.u_shape
         chunk = proto.ActivationChunk(
             [proto.ActivationBatch(h, b.attention_mask, b.labels if labels_leave else None)
              for h, b in zip(hidden, batches)],
-            client_seconds=time.perf_counter() - started,
+            client_seconds=time.perf_counter() - started, dp=self.privacy.dp_step,
         )
         content = proto.encode_activations(chunk, self.codec)
         content[proto.PRIVACY] = proto.encode_privacy(self.privacy.client_id, events)
@@ -133,9 +135,10 @@ def start_round(msg: Message, context: Context) -> Message:
     server_round = int(config.get("server-round", 0))
     num_labels = int(config.get(proto.NUM_LABELS, 2))
     freeze_a = bool(config.get(proto.FREEZE_LORA_A, False))
+    simulation = bool(config.get(proto.SIMULATION, True))
     session = _ClientSession(context, num_labels, freeze_a)
     try:
-        reason = session.privacy.refusal(session.plan(server_round), server_round)
+        reason = session.privacy.refusal(session.plan(server_round), server_round, simulation)
         if reason is not None:
             return Message(proto.encode_refusal(session.privacy.client_id, reason), reply_to=msg)
         if proto.ADAPTER not in msg.content.array_records:
@@ -186,8 +189,6 @@ def exchange(msg: Message, context: Context) -> Message:
         next_start = start + len(batches)
         if not (grads.final or next_start >= session.config.local_steps):
             return Message(session.send_chunk(server_round, next_start, started, progress), reply_to=msg)
-        events = session.privacy.round_events(server_round, next_start)
-        session.privacy.record(events)  # persisted before the adapter leaves
         # num-examples weights the aggregate; a Poisson round that drew no example still reports 1.
         update = trainable_state(session.runtime.client)
         if session.config.capture_activations > 0:
@@ -195,7 +196,8 @@ def exchange(msg: Message, context: Context) -> Message:
         content = proto.encode_final_reply(update, max(1, int(progress["examples"])), {
             "client-seconds": time.perf_counter() - started, "steps": next_start,
         })
-        content[proto.PRIVACY] = proto.encode_privacy(session.privacy.client_id, events)
+        # Nothing new leaves with the adapter: every step it contains was recorded with its chunk.
+        content[proto.PRIVACY] = proto.encode_privacy(session.privacy.client_id, [])
         for key in (_PROGRESS, _OPTIMIZER, _ADAPTER):
             if key in state:
                 del state[key]

@@ -1,19 +1,34 @@
-"""The server's per-client privacy ledger: what each client reported spending, and who may still train.
+"""The server's per-client privacy ledger: what each client reported spending, ε per adversary, and who may
+still train.
 
-Every reply a client sends carries the privacy events it applied since its previous reply (activation
-releases with each chunk; DP-SGD steps and the label RR with the final adapter). The server records them
-as they arrive — activations already received count as spent even if the client fails later — and
-writes ``privacy_ledger.json`` into the run directory as soon as a reply carrying events arrives (and once at
-the start, so a run without mechanisms leaves an empty ledger). A reply whose privacy record is
-missing or malformed while a mechanism is configured is rejected, never read as zero spending; a final
-reply that reports fewer DP-SGD steps than the server drove is rejected as under-counting.
+Every activation chunk a client sends carries the privacy events of what it releases (activation releases,
+its batches' whole-model DP-SGD steps, the randomised-response labels once); the server records them as they
+arrive and writes ``privacy_ledger.json`` before using the chunk, so spending in a round that never finished
+(client crash, timeout, killed server) is on disk. A reply whose privacy record is missing or malformed while
+a mechanism is configured is rejected, never read as zero spending; a final reply whose round reported fewer
+DP-SGD steps than the server drove is rejected as under-counting.
 
-Budgets: a client whose *certified* adapter ε (DP-SGD, at ``dp-delta``) would exceed ``max-epsilon`` after
-one more round like its last is not sampled again; likewise ``max-activation-epsilon``.
+Two adversaries, two guarantees (per client, worst and median, certified at ``dp-delta``; see
+docs/threat-model.md):
+
+* ``epsilon_model_certified`` — against third parties and other clients, who see only the released model:
+  whole-model DP-SGD, Poisson subsampling amplified, composed over the client's steps (kind ``dp-sgd``,
+  replace-one neighbours within the client's shard). ``None`` without DP-SGD.
+* ``epsilon_server_certified`` — against the server, which sees every activation, mask, label (unless
+  protected) and update: activation mechanism ⊕ label mechanism ⊕ DP-SGD without amplification for the
+  steps that contained the most-sampled example (kinds ``activation``, ``label-rr``, ``dp-sgd-server``).
+  ``None`` whenever something of an example reaches the server in clear (:func:`server_guarantee_gaps`).
+
+Identity: a client id is bound to the Flower node (authenticated in a deployment) that first reported it in
+this run, and a node to its client id; a reply that breaks either binding is rejected.
+
+Budgets: a client whose certified model ε would exceed ``max-epsilon`` after one more full round is not
+sampled again; likewise a client whose certified activation ε reached ``max-activation-epsilon``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import statistics
@@ -24,16 +39,45 @@ from flwr.app import RecordDict
 
 from fedguard.config import RunConfig
 from fedguard.privacy import MechanismEvent, PrivacyLedger
+from fedguard.privacy.events import REPLACE_ONE
 from fedguard.protocol import messages as proto
 
 log = logging.getLogger("fedguard")
 
-ADAPTER_KINDS = ("dp-sgd",)
+MODEL_KINDS = ("dp-sgd",)
+SERVER_KINDS = ("activation", "dp-sgd-server", "label-rr")
 ACTIVATION_KIND = "activation"
+NEIGHBOURING = ("replace one example of a client's shard by another of the same token length (the shard size, "
+                "batch sizes and padding masks are visible to the server)")
+
+
+def server_guarantee_gaps(config: RunConfig) -> list[str]:
+    """What of an example reaches the server in clear under ``config`` (empty = the server ε is finite)."""
+    gaps = []
+    if not config.activation_noise_enabled:
+        gaps.append("activations are sent without noise")
+    if config.label_protection == "clear":
+        gaps.append("labels are sent in clear")
+    if config.u_shape:
+        gaps.append("the U-shape's returned gradient d loss / d top hidden has no mechanism")
+    if not config.dp_enabled:
+        gaps.append("client adapter updates are sent without DP-SGD")
+    return gaps
+
+
+def privacy_summary(config: RunConfig) -> dict[str, Any]:
+    """``metrics.json["privacy"]``: δ, the neighbouring relation and what each guarantee covers."""
+    gaps = server_guarantee_gaps(config)
+    model = ("whole-model DP-SGD (client adapter and server half clipped per example and noised; Poisson "
+             "sampling amplifies against whoever does not see the batches)" if config.dp_enabled
+             else "no guarantee: DP-SGD is off")
+    server = ("activation mechanism + label mechanism + DP-SGD without amplification, for the most-sampled example"
+              if not gaps else "no guarantee: " + "; ".join(gaps))
+    return {"delta": config.dp_delta, "neighbouring": NEIGHBOURING, "model": model, "server": server}
 
 
 class ServerPrivacy:
-    """Records client privacy events, answers per-client ε, and filters who may be sampled."""
+    """Records client privacy events, answers per-client ε per adversary, and filters who may be sampled."""
 
     def __init__(self, config: RunConfig, out_dir: Path) -> None:
         self.config = config
@@ -46,11 +90,18 @@ class ServerPrivacy:
                 path.replace(kept)
                 log.warning("output-dir already held a privacy ledger (resume=false): moved it to %s", kept)
             self.ledger = PrivacyLedger(path, autosave=False)
-        self.client_of: dict[int, str] = {}  # node id -> the client id it reports
+        self.client_of: dict[int, str] = {}  # node id -> the client id it reported (bound for the run)
+        self.node_of: dict[str, int] = {}  # client id -> the node it is bound to
         self.excluded: dict[str, str] = {}  # client id -> why it is no longer sampled
-        self.last_round: dict[str, list[MechanismEvent]] = {}
+        self.round_spent: dict[str, list[MechanismEvent]] = {}  # client id -> events of the current round
+        self.last_model_event: dict[str, MechanismEvent] = {}  # client id -> its latest dp-sgd event (σ, q)
+        self._reported_sigma: set[str] = set()
 
     # -- recording -------------------------------------------------------------------------------
+    def begin_round(self) -> None:
+        """Forget the previous round's per-round spending (the ledger keeps everything)."""
+        self.round_spent = {}
+
     def observe(self, node_id: int, content: RecordDict) -> str | None:
         """Record the events in a reply; return why the reply must be rejected, or None."""
         if proto.PRIVACY not in content.config_records:
@@ -59,24 +110,43 @@ class ServerPrivacy:
             client_id, events = proto.decode_privacy(content)
         except proto.ProtocolError as err:
             return str(err)
-        self.client_of[node_id] = client_id
+        problem = self._bind(node_id, client_id)
+        if problem is not None:
+            return problem
         for event in events:
             self.ledger.record(client_id, event)
         if events:
             self.ledger.save()  # on disk before the reply is used: a crash later never loses this spending
-        if any(e.kind == "dp-sgd" for e in events):
-            self.last_round[client_id] = [e for e in events if e.kind == "dp-sgd"]
+        self.round_spent.setdefault(client_id, []).extend(events)
+        for event in events:
+            if event.kind == "dp-sgd":
+                self.last_model_event[client_id] = event
+                if client_id not in self._reported_sigma:
+                    self._reported_sigma.add(client_id)
+                    log.info("client %s: whole-model DP-SGD noise multiplier %.4f at sampling rate %.4g",
+                             client_id, event.noise_multiplier, event.sample_rate)
+        return None
+
+    def _bind(self, node_id: int, client_id: str) -> str | None:
+        """Bind ``client_id`` to ``node_id`` for this run; a conflicting reply is refused with the reason."""
+        bound_client = self.client_of.get(node_id)
+        if bound_client is not None and bound_client != client_id:
+            return (f"node {node_id} reported client id {client_id!r} but is bound to {bound_client!r} in this run "
+                    "(one node, one ledger)")
+        bound_node = self.node_of.get(client_id)
+        if bound_node is not None and bound_node != node_id:
+            return (f"client id {client_id!r} is already bound to node {bound_node} in this run: two nodes may not "
+                    "share a ledger (give each SuperNode its own partition-id or client-id)")
+        self.client_of[node_id] = client_id
+        self.node_of[client_id] = node_id
         return None
 
     def check_final(self, node_id: int, content: RecordDict, steps_driven: int) -> str | None:
-        """A final reply must report the DP-SGD steps the server drove (no under-counting)."""
+        """The round's chunks must have reported the DP-SGD steps the server drove (no under-counting)."""
         if not self.config.dp_enabled:
             return None
-        try:
-            _, events = proto.decode_privacy(content)
-        except proto.ProtocolError as err:
-            return str(err)
-        reported = sum(e.steps for e in events if e.kind == "dp-sgd")
+        client = self.client_of.get(node_id)
+        reported = sum(e.steps for e in self.round_spent.get(client, []) if e.kind == "dp-sgd") if client else 0
         if reported < steps_driven:
             return f"reported {reported} DP-SGD steps but trained {steps_driven} batches with the server"
         return None
@@ -96,18 +166,23 @@ class ServerPrivacy:
             log.warning("client %s will not be sampled again: %s", client, reason)
 
     def update_budgets(self) -> None:
-        """Exclude clients whose next round (like their last) would exceed a configured budget."""
+        """Exclude clients whose next full round would exceed a configured budget (from what they actually
+        spent, including rounds they never finished)."""
         delta = self.config.dp_delta
         for client in self.ledger.clients():
             if client in self.excluded:
                 continue
-            if self.config.max_epsilon > 0 and client in self.last_round:
+            last = self.last_model_event.get(client)
+            if self.config.max_epsilon > 0 and last is not None:
                 prospective = PrivacyLedger()
-                for event in self.ledger.events(client, ADAPTER_KINDS) + self.last_round[client]:
+                full_round = MechanismEvent("dp-sgd", noise_multiplier=last.noise_multiplier,
+                                            sample_rate=last.sample_rate, steps=self.config.local_steps,
+                                            relation=last.relation)
+                for event in self.ledger.events(client, MODEL_KINDS) + [full_round]:
                     prospective.record(client, event)
-                epsilon = prospective.epsilon(client, delta, ADAPTER_KINDS, warn=False).epsilon_certified
+                epsilon = prospective.epsilon(client, delta, MODEL_KINDS, warn=False).epsilon_certified
                 if epsilon > self.config.max_epsilon:
-                    self.excluded[client] = (f"one more round would take its certified adapter epsilon to "
+                    self.excluded[client] = (f"one more round would take its certified model epsilon to "
                                              f"{epsilon:.3f} > max-epsilon {self.config.max_epsilon:g}")
                     log.warning("client %s will not be sampled again: %s", client, self.excluded[client])
             if self.config.max_activation_epsilon > 0 and self.ledger.events(client, ACTIVATION_KIND):
@@ -119,18 +194,25 @@ class ServerPrivacy:
 
     # -- reporting -------------------------------------------------------------------------------
     def round_metrics(self) -> dict[str, Any]:
-        """Worst-client (and median) ε so far, at ``dp-delta``; None where no mechanism protects a release."""
+        """Worst-client (and median) ε per adversary so far, at ``dp-delta``; None = no guarantee."""
         delta = self.config.dp_delta
         metrics: dict[str, Any] = {
-            "epsilon_adapter_estimate": None, "epsilon_adapter_certified": None,
-            "epsilon_adapter_certified_median": None, "epsilon_activation": None,
-            "epsilon_activation_estimate": None, "epsilon_label": None, "privacy_delta": delta,
+            "epsilon_model_certified": None, "epsilon_model_certified_median": None, "epsilon_model_estimate": None,
+            "epsilon_server_certified": None, "epsilon_server_certified_median": None,
+            "epsilon_activation": None, "epsilon_activation_estimate": None, "epsilon_label": None,
+            "privacy_delta": delta,
         }
-        adapter = self._per_client(ADAPTER_KINDS)
-        if adapter:
-            metrics["epsilon_adapter_certified"] = max(e.epsilon_certified for e in adapter.values())
-            metrics["epsilon_adapter_estimate"] = max(self._logged(k, ADAPTER_KINDS, e) for k, e in adapter.items())
-            metrics["epsilon_adapter_certified_median"] = statistics.median(e.epsilon_certified for e in adapter.values())
+        model = self._per_client(MODEL_KINDS)
+        if model and self.config.dp_enabled:
+            metrics["epsilon_model_certified"] = max(e.epsilon_certified for e in model.values())
+            metrics["epsilon_model_certified_median"] = statistics.median(e.epsilon_certified for e in model.values())
+            metrics["epsilon_model_estimate"] = max(self._logged(k, MODEL_KINDS, e) for k, e in model.items())
+        if not server_guarantee_gaps(self.config):
+            server = self._per_client(SERVER_KINDS)
+            if server:
+                metrics["epsilon_server_certified"] = max(e.epsilon_certified for e in server.values())
+                metrics["epsilon_server_certified_median"] = statistics.median(
+                    e.epsilon_certified for e in server.values())
         activation = self._per_client((ACTIVATION_KIND,))
         if activation:
             metrics["epsilon_activation"] = max(e.epsilon_certified for e in activation.values())
@@ -151,11 +233,17 @@ class ServerPrivacy:
             return estimate.epsilon_estimate
         if self.config.accountant == "pld":
             return estimate.epsilon_certified
-        return rdp_epsilon(self.ledger.events(client, kinds), self.config.dp_delta)
+        events = self.ledger.events(client, kinds)
+        if any(e.relation == REPLACE_ONE and not e.is_pure and e.sample_rate < 1 for e in events):
+            _warn_once("accountant='rdp': Opacus' RDP analysis of the sampled Gaussian is for add/remove "
+                       "neighbours only; logging the certified (replace-one) bound instead")
+            return estimate.epsilon_certified
+        return rdp_epsilon(events, self.config.dp_delta)
 
 
 def rdp_epsilon(events: list[MechanismEvent], delta: float) -> float:
-    """Opacus' RDP bound for a history of Poisson-subsampled Gaussian events (add/remove neighbours)."""
+    """Opacus' RDP bound for a history of Poisson-subsampled Gaussian events under add/remove neighbours
+    (an unsampled replace-one event is the Gaussian mechanism with sensitivity 2: noise multiplier σ/2)."""
     from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
     orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
@@ -163,8 +251,8 @@ def rdp_epsilon(events: list[MechanismEvent], delta: float) -> float:
     for event in events:
         if event.is_pure:
             continue
-        rdp = compute_rdp(q=event.sample_rate, noise_multiplier=event.noise_multiplier, steps=event.steps,
-                          orders=orders)
+        sigma = event.noise_multiplier / (2 if event.relation == REPLACE_ONE else 1)
+        rdp = compute_rdp(q=event.sample_rate, noise_multiplier=sigma, steps=event.steps, orders=orders)
         total = rdp if total is None else total + rdp
     if total is None:
         return 0.0
@@ -172,3 +260,8 @@ def rdp_epsilon(events: list[MechanismEvent], delta: float) -> float:
     return float(epsilon) if math.isfinite(epsilon) else math.inf
 
 
+
+
+@functools.lru_cache(maxsize=8)
+def _warn_once(message: str) -> None:
+    log.warning(message)

@@ -22,10 +22,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid
 from flwr.serverapp.strategy import Strategy
 
 from fedguard.apps.checkpoint import Checkpoint, restore_rng, rng_state
@@ -36,7 +38,8 @@ from fedguard.data.sources import TextDataset
 from fedguard.model.lora import load_trainable_state, trainable_state
 from fedguard.protocol import messages as proto
 from fedguard.protocol.wire import WIRE_DTYPES
-from fedguard.protocol.messages import ActivationBatch
+from fedguard.mechanisms.dp_sgd import DPMiddleTrainer, DPServerHalfTrainer
+from fedguard.protocol.messages import ActivationBatch, DpStep
 from fedguard.training import optimizer_state
 from fedguard.training.server_half import Evaluation, MiddleTrainer, ServerHalfTrainer, evaluate_joined
 from strategies.privacy_budget import EligibleGrid
@@ -65,10 +68,12 @@ class RoundRecord:
     clients_aggregated: int
     clients_dropped: dict[str, str] = field(default_factory=dict)
     aggregated: bool = True
-    # Privacy (worst client so far, at dp-delta; None = no mechanism protects that release).
-    epsilon_adapter_estimate: float | None = None
-    epsilon_adapter_certified: float | None = None
-    epsilon_adapter_certified_median: float | None = None
+    # Privacy (worst client so far, at dp-delta; None = no guarantee; see fedguard.apps.server_privacy).
+    epsilon_model_certified: float | None = None  # the released model, against third parties (DP-SGD)
+    epsilon_model_certified_median: float | None = None
+    epsilon_model_estimate: float | None = None  # the same by `accountant`: an estimate, not a guarantee
+    epsilon_server_certified: float | None = None  # against the server; None when anything reaches it in clear
+    epsilon_server_certified_median: float | None = None
     epsilon_activation: float | None = None
     epsilon_activation_estimate: float | None = None
     epsilon_label: float | None = None
@@ -91,9 +96,23 @@ class SplitRoundRunner:
         self.eval_data = eval_data
         self.num_labels = num_labels
         self.privacy = privacy
-        # The server half trains itself (plain split) or only its middle blocks (U-shape): one trainer each.
-        self.server = None if config.u_shape else ServerHalfTrainer(runtime.server, config.learning_rate)
-        self.middle = MiddleTrainer(runtime.server, config.learning_rate) if config.u_shape else None
+        # The server half trains itself (plain split) or only its middle blocks (U-shape): one trainer each;
+        # under DP-SGD every server step is clipped per example and noised too (whole-model DP-SGD).
+        self.server: ServerHalfTrainer | None = None
+        self.middle: MiddleTrainer | None = None
+        trainer = MiddleTrainer if config.u_shape else ServerHalfTrainer
+        if config.dp_enabled:
+            dp_trainer = DPMiddleTrainer if config.u_shape else DPServerHalfTrainer
+            built = dp_trainer(runtime.server, config.learning_rate, config.dp_max_grad_norm,
+                               config.dp_server_max_grad_norm)
+        else:
+            built = trainer(runtime.server, config.learning_rate)
+        if config.u_shape:
+            self.middle = built
+        else:
+            self.server = built
+        self.simulation = isinstance(grid, InMemoryGrid) or bool(getattr(grid, "simulation", False))
+        self.on_batches: Callable[[int, int], None] | None = None  # (batches done, batches planned) per exchange
         self.global_adapter = trainable_state(runtime.client)
         self.eval_batches = runtime.eval_batches(eval_data, config.max_length)
         self.wire_dtype = WIRE_DTYPES[config.activation_dtype]
@@ -111,10 +130,15 @@ class SplitRoundRunner:
         """Connected clients that may still be sampled (not excluded by a privacy budget)."""
         return len(EligibleGrid(self.grid, self.privacy).get_node_ids())
 
+    def close(self) -> None:
+        """Release the server trainer's resources (Opacus hooks under DP-SGD)."""
+        self.server_trainer.close()
+
     def run_round(self, server_round: int) -> RoundRecord:
         started = time.perf_counter()
         timeout = self.config.round_timeout
-        config = ConfigRecord({proto.NUM_LABELS: self.num_labels})
+        self.privacy.begin_round()
+        config = ConfigRecord({proto.NUM_LABELS: self.num_labels, proto.SIMULATION: self.simulation})
         messages = list(self.strategy.configure_train(
             server_round, ArrayRecord(torch_state_dict=self.global_adapter), config, self.grid))
         sampled = {m.metadata.dst_node_id for m in messages}
@@ -127,7 +151,7 @@ class SplitRoundRunner:
         finals: list[Message] = []
         exchanges = 0
         traffic: dict[str, dict[str, int]] = {}  # node -> payload bytes up / down this round
-        pending: dict[int, tuple[list[ActivationBatch], list[int]]] = {}  # U-shape: chunks awaiting d loss/d top
+        pending: dict[int, tuple[list[ActivationBatch], list[int], DpStep | None]] = {}  # U-shape: awaiting d/d top
         while messages:
             for m in messages:
                 size = proto.payload_bytes(m.content)
@@ -169,14 +193,16 @@ class SplitRoundRunner:
                     continue
                 try:
                     if node in pending:  # U-shape, second half of a chunk: the client's d loss / d top
-                        batches, seeds = pending.pop(node)
+                        batches, seeds, dp_step = pending.pop(node)
                         tops = proto.decode_top_gradients(reply.content, [tuple(b.hidden.shape) for b in batches])
                         slowest = max(slowest, tops.client_seconds)
                         t0 = time.perf_counter()
-                        results = [self.middle.backward(b, seed, g)
+                        results = [self.middle.backward(b, seed, g, dp_step)
                                    for b, seed, g in zip(batches, seeds, tops.gradients)]
                         server_seconds += time.perf_counter() - t0
-                        middle_steps.extend(grads for b, (_, grads) in zip(batches, results) if b.hidden.shape[0])
+                        # Under DP-SGD an empty Poisson batch is still a (noise-only) step.
+                        middle_steps.extend(grads for b, (_, grads) in zip(batches, results)
+                                            if b.hidden.shape[0] or dp_step is not None)
                         messages.append(self._gradient_message(node, [g for g, _ in results], done_steps,
                                                                server_round))
                         continue
@@ -185,17 +211,20 @@ class SplitRoundRunner:
                 except proto.ProtocolError as err:
                     dropped[str(node)] = f"malformed reply: {err}"
                     continue
+                if self.config.dp_enabled and chunk.dp is None:
+                    dropped[str(node)] = "malformed reply: a DP-SGD run's chunk carries no DP-SGD parameters"
+                    continue
                 slowest = max(slowest, chunk.client_seconds)
                 t0 = time.perf_counter()
                 if self.middle is not None:
                     seeds = [self._middle_seed(server_round, node, exchanges, j) for j in range(len(chunk.batches))]
                     tops_down = [self.middle.forward(b, seed) for b, seed in zip(chunk.batches, seeds)]
-                    pending[node] = (chunk.batches, seeds)
+                    pending[node] = (chunk.batches, seeds, chunk.dp)
                     server_seconds += time.perf_counter() - t0
                     content = proto.encode_top_hidden(proto.TopHiddenChunk(tops_down), server_round, self.wire_dtype)
                     messages.append(Message(content, dst_node_id=node, message_type=proto.EXCHANGE))
                     continue
-                outcomes = [self.server.train_batch(batch) for batch in chunk.batches]
+                outcomes = [self.server.train_batch(batch, chunk.dp) for batch in chunk.batches]
                 server_seconds += time.perf_counter() - t0
                 losses.extend(o.loss for o in outcomes if o.examples)
                 messages.append(self._gradient_message(node, [o.grad_hidden for o in outcomes], done_steps,
@@ -209,6 +238,8 @@ class SplitRoundRunner:
                 done_steps.pop(node, None)
                 pending.pop(node, None)
             client_seconds += slowest
+            if self.on_batches is not None:
+                self.on_batches(sum(done_steps.values()), len(sampled) * self.config.local_steps)
         for node, reason in refused.items():
             log.warning("round %d: client %s refused to train: %s", server_round, node, reason)
         for node, reason in dropped.items():

@@ -1,4 +1,5 @@
-"""``fedguard attack {inversion,membership,client-update,exposure,all} RUN_DIR``: run the privacy attacks against a finished run."""
+"""``fedguard attack {inversion,membership,client-update,exposure,all} RUN_DIR``: run the privacy attacks against a
+finished run."""
 
 from __future__ import annotations
 
@@ -34,12 +35,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``attack`` subcommand to the ``fedguard`` parser."""
     parser = subparsers.add_parser(
         "attack", help="run the empirical privacy attacks against a finished run directory",
-        description="Reconstruction of client text from the captured activations (the server as adversary: "
-                    "nearest-neighbour and learned inversion) and membership inference on the released model "
-                    "(loss-threshold and calibrated), and against single clients' updates as the server sees them "
-                    "(client-update). Needs a run made with capture-activations=N. Canary exposure (exposure; "
-                    "in 'all' when the run has canaries): how far the released model ranks the secrets inserted "
-                    "with canaries=N above the other candidates. Writes "
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  fedguard attack all runs/latest\n"
+               "  fedguard attack inversion runs/latest --max-examples 128\n"
+               "  fedguard attack exposure runs/latest --json\n\nThe run must have been made with "
+               "--run-config \"capture-activations=256\" (inversion,\nmembership, client-update) and/or "
+               "\"canaries=8\" (exposure).",
+        description="Measure what a finished run leaks by attacking it:\n"
+                    "  inversion      reconstruct client text from the captured activations (the server as\n"
+                    "                 adversary: nearest-neighbour and learned inversion)\n"
+                    "  membership     tell training examples from others with the released model (loss-threshold\n"
+                    "                 and calibrated)\n"
+                    "  client-update  the same against single clients' updates, as the server sees them\n"
+                    "  exposure       how far the released model ranks the secrets inserted with canaries=N above\n"
+                    "                 the other candidates (in 'all' when the run has canaries)\n"
+                    "Inversion, membership and client-update need a run made with capture-activations=N. Writes\n"
                     "RUN_DIR/attack_report.json and an 'attacks' entry in RUN_DIR/metrics.json.")
     parser.add_argument("attack", choices=("inversion", "membership", "client-update", "exposure", "all"))
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run's output-dir, e.g. runs/latest")

@@ -4,9 +4,10 @@ For each example, its hidden states ``h`` ([seq, hidden], padding positions zero
 norm at most ``C = act-clip-norm`` and every real-token coordinate gets N(0, (σ·C)²) noise, σ =
 ``act-noise-multiplier``. This is a *local* mechanism: each release protects that example's
 representation against the server whatever else happens. Neighbouring relation: replace one example
-(its text) by any other, so the sensitivity is 2C and one release is a Gaussian mechanism with noise
-multiplier σ/2; releases of the same example compose. The sequence length (the padding mask) is not
-hidden.
+(its text) by any other text *of the same token length* (the padding mask travels in clear, so the length
+is not hidden), so the sensitivity is 2C and one release is a Gaussian mechanism with sensitivity 2C and
+noise std σC (recorded as noise multiplier σ under ``relation="replace-one"``, q = 1); releases of the same
+example compose.
 
 Back-propagation: the noise is additive, so d/dh of the sent tensor is the identity through it; the
 clipping is differentiated as usual when the client recomputes its forward pass (without the noise).
@@ -20,6 +21,7 @@ from typing import Protocol
 import torch
 
 from fedguard.privacy import MechanismEvent
+from fedguard.privacy.events import REPLACE_ONE
 
 
 class ActivationMechanism(Protocol):
@@ -67,5 +69,5 @@ class ActivationPrivacy:
         """The ledger event for ``releases`` more releases of the most-released example (None if no noise)."""
         if self.noise_multiplier == 0 or releases < 1:
             return None
-        return MechanismEvent("activation", noise_multiplier=self.noise_multiplier / 2, sample_rate=1.0,
-                              steps=releases, round=server_round, clip_norm=self.clip_norm)
+        return MechanismEvent("activation", noise_multiplier=self.noise_multiplier, sample_rate=1.0,
+                              steps=releases, round=server_round, clip_norm=self.clip_norm, relation=REPLACE_ONE)

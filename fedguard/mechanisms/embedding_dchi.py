@@ -6,8 +6,8 @@ Split-and-Privatize (arXiv 2312.15603) perturbs each token's embedding with nois
 
 To turn it into an ε per example, each token vector is first clipped to L2 norm ``C`` (``dchi-token-clip``),
 so any two tokens are within 2C: one release of one token is (2ηC)-DP (pure, replace one token by any
-other), and one release of one example of at most T tokens (T = ``max-length``) is (2ηC·T)-DP, replace-one
-example. That is the event recorded (kind ``activation``, pure ε) and it composes over releases like any pure
+other), and one release of one example of at most T tokens (T = ``max-length``) is (2ηC·T)-DP, replace one
+example by another *of the same token length* (the padding mask travels in clear). That is the event recorded (kind ``activation``, pure ε) and it composes over releases like any pure
 ε. It is a worst case over all token pairs; SAP's utility comes from tokens that are close in embedding space
 being hard to tell apart, which no ε of this kind reflects. The padding mask (sequence length) is not hidden.
 """
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from fedguard.privacy import MechanismEvent
+from fedguard.privacy.events import REPLACE_ONE
 
 
 @dataclass(frozen=True)
@@ -61,4 +62,4 @@ class EmbeddingDChi:
         if releases < 1:
             return None
         return MechanismEvent("activation", epsilon=self.epsilon_per_release, steps=releases, round=server_round,
-                              clip_norm=self.token_clip)
+                              clip_norm=self.token_clip, relation=REPLACE_ONE)

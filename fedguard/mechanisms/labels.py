@@ -13,6 +13,7 @@ import math
 
 from fedguard.mechanisms.sampling import secret_rng
 from fedguard.privacy import MechanismEvent
+from fedguard.privacy.events import REPLACE_ONE
 
 
 def keep_probability(epsilon: float, num_labels: int) -> float:
@@ -34,8 +35,9 @@ def randomized_labels(labels: list[int], indices: list[int], num_labels: int, ep
     return out
 
 
-def label_event(epsilon: float) -> MechanismEvent:
-    return MechanismEvent("label-rr", epsilon=epsilon, steps=1)
+def label_event(epsilon: float, server_round: int | None = None) -> MechanismEvent:
+    """The ledger event of releasing the RR labels (pure ε, replace one example's label by another)."""
+    return MechanismEvent("label-rr", epsilon=epsilon, steps=1, round=server_round, relation=REPLACE_ONE)
 
 
 __all__ = ["keep_probability", "randomized_labels", "label_event"]

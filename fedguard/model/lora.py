@@ -25,8 +25,9 @@ TRAINABLE_HEADS = ("classifier", "score")
 class LoraSettings:
     """LoRA hyper-parameters shared by both halves.
 
-    ``target_modules`` are module-name suffixes (``("auto",)`` = the family's defaults, e.g. query/value
-    for BERT); ``alpha / r`` scales the update ``B @ A``.
+    ``target_modules`` are module-name suffixes (``("auto",)`` = the architecture's defaults: peft's own
+    defaults for the model type where it has them, else the attention's query/value projections found by
+    name, see :func:`fedguard.model.split.default_lora_targets`); ``alpha / r`` scales the update ``B @ A``.
     """
 
     r: int = 8
@@ -35,8 +36,16 @@ class LoraSettings:
     target_modules: tuple[str, ...] = ("auto",)
 
     def targets_for(self, family: Family) -> tuple[str, ...]:
-        """Resolve ``auto`` to the family's default target modules."""
-        return family.default_lora_targets if self.target_modules == ("auto",) else self.target_modules
+        """Resolve ``auto`` to the family's default target modules (``ValueError`` if it has none)."""
+        if self.target_modules != ("auto",):
+            return self.target_modules
+        if not family.default_lora_targets:
+            raise ValueError(
+                f"lora-target-modules='auto': no default LoRA targets for model type {family.name!r} (peft has "
+                "none and no attention query/value projection was found by name); name them, e.g. "
+                "lora-target-modules=['q_proj', 'v_proj']"
+            )
+        return family.default_lora_targets
 
 
 def _matching_modules(module: nn.Module, targets: tuple[str, ...]) -> list[str]:

@@ -8,7 +8,8 @@ from scipy.optimize import brentq
 
 from . import edgeworth
 from .certified import DEFAULT_VALUE_DISCRETIZATION_INTERVAL, default_certifier
-from .cumulants import pllr_cumulants
+from .cumulants import pllr_cumulants, pllr_cumulants_replace_one
+from .events import ADD_REMOVE, RELATIONS, REPLACE_ONE
 
 __all__ = ["noise_multiplier_for", "DEFAULT_SIGMA_RANGE"]
 
@@ -33,7 +34,8 @@ def noise_multiplier_for(
     steps: int,
     *,
     order: int = 1,
-    method: str = "edgeworth",
+    method: str = "certified",
+    relation: str = ADD_REMOVE,
     sigma_range: tuple[float, float] = DEFAULT_SIGMA_RANGE,
     tolerance: float = 1e-4,
     value_discretization_interval: float = DEFAULT_VALUE_DISCRETIZATION_INTERVAL,
@@ -41,21 +43,26 @@ def noise_multiplier_for(
     """Noise multiplier sigma (noise std / L2 sensitivity) reaching ``target_epsilon`` at ``delta``
     after ``steps`` Poisson-subsampled Gaussian steps with sampling probability ``q``.
 
-    ``method="edgeworth"`` (default): |eps_edgeworth(sigma) - target| <= ``tolerance`` (1e-4).  This
-    is an estimate: for short runs the true epsilon at that sigma can be well above the target.
-    ``method="certified"``: the smallest sigma (to relative 1e-4) whose certified PLD epsilon is
-    <= target - conservative, slower (seconds for long runs).
+    ``method="certified"`` (default): the smallest sigma (to relative 1e-4) whose certified PLD epsilon
+    is <= target - a guarantee; slower (seconds for long runs).
+    ``method="edgeworth"``: |eps_edgeworth(sigma) - target| <= ``tolerance`` (1e-4).  This is an
+    estimate, not a guarantee: for short runs or small sigma the true epsilon at that sigma can be far
+    above the target (q = 0.00143, 180 steps, target 8: sigma 0.282, whose certified epsilon is 16.5).
+    ``relation``: ``"add-remove"`` (default) or ``"replace-one"`` neighbours.
 
     Raises ValueError when no sigma in ``sigma_range`` (default [0.1, 1000]) reaches the target.
     """
     _validate(target_epsilon, delta, q, steps)
+    if relation not in RELATIONS:
+        raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
     lo, hi = map(float, sigma_range)
     if not (0 < lo < hi and math.isfinite(hi)):
         raise ValueError(f"sigma_range must satisfy 0 < lo < hi < inf, got {sigma_range!r}")
     if method == "edgeworth":
-        return _edgeworth_sigma(target_epsilon, delta, q, steps, order, lo, hi, tolerance)
+        return _edgeworth_sigma(target_epsilon, delta, q, steps, order, lo, hi, tolerance, relation)
     if method == "certified":
-        return _certified_sigma(target_epsilon, delta, q, steps, order, lo, hi, value_discretization_interval)
+        return _certified_sigma(target_epsilon, delta, q, steps, order, lo, hi, value_discretization_interval,
+                                relation)
     raise ValueError(f"method must be 'edgeworth' or 'certified', got {method!r}")
 
 
@@ -73,8 +80,9 @@ def _too_loose(target: float, sigma: float, eps: float, q: float, steps: int, de
     )
 
 
-def _edgeworth_sigma(target, delta, q, steps, order, lo, hi, tolerance) -> float:
-    eps = lambda s: edgeworth.epsilon_for_delta(delta, pllr_cumulants(s, q).scaled(steps), order)  # noqa: E731
+def _edgeworth_sigma(target, delta, q, steps, order, lo, hi, tolerance, relation=ADD_REMOVE) -> float:
+    cumulants = pllr_cumulants_replace_one if relation == REPLACE_ONE else pllr_cumulants
+    eps = lambda s: edgeworth.epsilon_for_delta(delta, cumulants(s, q).scaled(steps), order)  # noqa: E731
     eps_hi = eps(hi)
     if eps_hi > target:
         raise _unreachable(target, hi, eps_hi, q, steps, delta)
@@ -99,7 +107,7 @@ def _edgeworth_sigma(target, delta, q, steps, order, lo, hi, tolerance) -> float
     return sigma
 
 
-def _certified_sigma(target, delta, q, steps, order, lo, hi, vdi) -> float:
+def _certified_sigma(target, delta, q, steps, order, lo, hi, vdi, relation=ADD_REMOVE) -> float:
     """Brent on the certified epsilon, started from the Edgeworth sigma; returns the smallest
     evaluated sigma whose certified epsilon is <= target (conservative side of the root)."""
     cert = default_certifier(vdi)
@@ -107,13 +115,13 @@ def _certified_sigma(target, delta, q, steps, order, lo, hi, vdi) -> float:
 
     def f(log_s: float) -> float:
         s = math.exp(log_s)
-        value = cert.epsilon({(s, q): steps}, delta) - target
+        value = cert.epsilon({(s, q, relation): steps}, delta) - target
         if value <= 0:
             safe.append(s)
         return value
 
     try:
-        start = _edgeworth_sigma(target, delta, q, steps, order, lo, hi, float("inf"))
+        start = _edgeworth_sigma(target, delta, q, steps, order, lo, hi, float("inf"), relation)
     except ValueError:
         start = math.sqrt(lo * hi)
     a = b = math.log(start)

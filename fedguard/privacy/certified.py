@@ -4,7 +4,10 @@ Each distinct Poisson-subsampled Gaussian ``(sigma, q)`` is turned into a PLD wi
 ``from_gaussian_mechanism(standard_deviation=sigma, sensitivity=1, sampling_prob=q,
 pessimistic_estimate=True, value_discretization_interval=vdi, use_connect_dots=True)`` under
 ADD_OR_REMOVE_ONE neighbours (the PLD keeps both the remove and the add direction and reports the
-worse), self-composed ``steps`` times, and the distinct events are composed with each other.
+worse) or, for a history key ``(sigma, q, "replace-one")``, under REPLACE_ONE neighbours (the pair
+``(1-q) N(0, sigma^2) + q N(+1, sigma^2)`` vs ``(1-q) N(0, sigma^2) + q N(-1, sigma^2)``: a clipped
+contribution replaced by its opposite; for q = 1 that is sensitivity 2), self-composed ``steps`` times,
+and the distinct events are composed with each other.
 Pessimistic rounding makes ``get_epsilon_for_delta`` an upper bound on the true epsilon
 (up to floating point), hence "certified".  ``vdi`` defaults to 1e-4, the library default.
 
@@ -22,6 +25,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping
 
+from dp_accounting import privacy_accountant
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from scipy.special import log_ndtr
 
@@ -29,8 +33,24 @@ __all__ = ["PldCertifier", "DEFAULT_VALUE_DISCRETIZATION_INTERVAL", "default_cer
 
 DEFAULT_VALUE_DISCRETIZATION_INTERVAL = 1e-4
 
-GaussianHistory = Mapping[tuple[float, float], int]
-"""Composition history: ``{(noise_multiplier, sample_rate): steps}``."""
+GaussianHistory = Mapping[tuple, int]
+"""Composition history: ``{(noise_multiplier, sample_rate): steps}`` (add/remove neighbours) and/or
+``{(noise_multiplier, sample_rate, "replace-one"): steps}`` (replace-one neighbours)."""
+
+REPLACE_ONE = "replace-one"
+ADD_REMOVE = "add-remove"
+
+
+def _items(history: GaussianHistory) -> frozenset[tuple[float, float, int, str]]:
+    """``{(sigma, q, steps, relation)}`` of a history (relation ``add-remove`` for 2-tuple keys)."""
+    out = set()
+    for key, n in history.items():
+        relation = key[2] if len(key) > 2 else ADD_REMOVE
+        if relation not in (ADD_REMOVE, REPLACE_ONE):
+            raise ValueError(f"unknown neighbouring relation {relation!r} in history key {key!r}")
+        if n > 0:
+            out.add((float(key[0]), float(key[1]), int(n), relation))
+    return frozenset(out)
 
 
 class PldCertifier:
@@ -61,12 +81,14 @@ class PldCertifier:
         """Human-readable name of the bound, including the discretisation interval."""
         return f"dp_accounting PLD (pessimistic, connect-the-dots, vdi={self.value_discretization_interval:g})"
 
-    def _event_pld(self, sigma: float, q: float, steps: int):
-        key = (float(sigma), float(q), int(steps))
+    def _event_pld(self, sigma: float, q: float, steps: int, relation: str = ADD_REMOVE):
+        key = (float(sigma), float(q), int(steps), relation)
         hit = self._composed.get(key)
         if hit is not None:
             self._composed.move_to_end(key)
             return hit
+        neighbours = (privacy_accountant.NeighboringRelation.REPLACE_ONE if relation == REPLACE_ONE
+                      else privacy_accountant.NeighboringRelation.ADD_OR_REMOVE_ONE)
         base = pld_lib.from_gaussian_mechanism(
             standard_deviation=float(sigma),
             sensitivity=1.0,
@@ -74,6 +96,7 @@ class PldCertifier:
             pessimistic_estimate=True,
             value_discretization_interval=self.value_discretization_interval,
             use_connect_dots=True,
+            neighboring_relation=neighbours,
         )
         pld = base.self_compose(int(steps)) if steps > 1 else base
         self._composed[key] = pld
@@ -83,25 +106,25 @@ class PldCertifier:
 
     def pld(self, history: GaussianHistory):
         """The composed pessimistic PLD of ``history`` (None for an empty history)."""
-        items = frozenset((float(s), float(q), int(n)) for (s, q), n in history.items() if n > 0)
+        items = _items(history)
         if items in self._totals:
             self._totals.move_to_end(items)
             return self._totals[items]
-        wanted = {(s, q): n for s, q, n in items}
+        wanted = {(s, q, r): n for s, q, n, r in items}
         total, missing = None, dict(wanted)
         # Incremental path: extend the largest cached composition that is a sub-history of this one
         # (per-round use adds one event or a few steps), composing only the difference.
         best = None
         for key in reversed(self._totals):
-            old = {(s, q): n for s, q, n in key}
+            old = {(s, q, r): n for s, q, n, r in key}
             if all(wanted.get(k, 0) >= n for k, n in old.items()):
                 if best is None or sum(old.values()) > sum(best[1].values()):
                     best = (key, old)
         if best is not None:
             total = self._totals[best[0]]
             missing = {k: n - best[1].get(k, 0) for k, n in wanted.items() if n - best[1].get(k, 0) > 0}
-        for (sigma, q), steps in sorted(missing.items()):
-            pld = self._event_pld(sigma, q, steps)
+        for (sigma, q, relation), steps in sorted(missing.items()):
+            pld = self._event_pld(sigma, q, steps, relation)
             total = pld if total is None else total.compose(pld)
         self._totals[items] = total
         if len(self._totals) > self._cache_size:
@@ -109,16 +132,16 @@ class PldCertifier:
         return total
 
     def _answer(self, history: GaussianHistory, what: str, x: float) -> float:
-        items = frozenset((float(s), float(q), int(n)) for (s, q), n in history.items() if n > 0)
+        items = _items(history)
         key = (items, what, float(x))
         if key in self._answers:
             self._answers.move_to_end(key)
             return self._answers[key]
-        if items and all(q == 1.0 for _, q, _ in items):
-            # Unsampled Gaussians compose exactly into one Gaussian mechanism with mu = sqrt(sum n / sigma^2):
-            # its privacy curve is known in closed form, so the bound is exact (and PLD would need huge grids
-            # for the tiny sigmas of local activation noise).
-            mu = math.sqrt(sum(n / s**2 for s, _, n in items))
+        if items and all(q == 1.0 for _, q, _, _ in items):
+            # Unsampled Gaussians compose exactly into one Gaussian mechanism with mu = sqrt(sum n (s/sigma)^2),
+            # s = 1 (add/remove) or 2 (replace-one): its privacy curve is known in closed form, so the bound is
+            # exact (and PLD would need huge grids for the tiny sigmas of local activation noise).
+            mu = math.sqrt(sum(n * (2.0 if r == REPLACE_ONE else 1.0) ** 2 / s**2 for s, _, n, r in items))
             value = gaussian_epsilon(mu, x) if what == "epsilon" else gaussian_delta(mu, x)
             self._answers[key] = value
             return value

@@ -9,6 +9,7 @@ import math
 from .accountant import EdgeworthAccountant
 from .calibration import noise_multiplier_for
 from .certified import DEFAULT_VALUE_DISCRETIZATION_INTERVAL
+from .events import MechanismEvent
 from .ledger import PrivacyLedger
 
 __all__ = ["register"]
@@ -56,16 +57,19 @@ def _cmd_epsilon(args: argparse.Namespace) -> int:
 
 def _cmd_sigma(args: argparse.Namespace) -> int:
     sigma = noise_multiplier_for(args.target_epsilon, args.delta, args.sample_rate, args.steps,
-                                 order=args.order, method=args.method, value_discretization_interval=args.vdi)
+                                 order=args.order, method=args.method, relation=args.relation,
+                                 value_discretization_interval=args.vdi)
     acc = EdgeworthAccountant(None, args.order, value_discretization_interval=args.vdi)
-    acc.add(sigma, args.sample_rate, args.steps)
+    acc.add_event(MechanismEvent("dp-sgd", noise_multiplier=sigma, sample_rate=args.sample_rate, steps=args.steps,
+                                 relation=args.relation))
     res = acc.epsilon(args.delta, warn=False)  # the CLI prints its own warning
     if args.json:
         print(json.dumps({"noise_multiplier": sigma, "method": args.method, "edgeworth": res.epsilon_estimate,
                           "certified": res.epsilon_certified, "delta": args.delta,
-                          "target_epsilon": args.target_epsilon}))
+                          "target_epsilon": args.target_epsilon, "relation": args.relation}))
         return 0
-    print(f"noise multiplier sigma = {sigma:.6f}  (calibrated on the {args.method} epsilon)")
+    print(f"noise multiplier sigma = {sigma:.6f}  (calibrated on the {args.method} epsilon, "
+          f"{args.relation} neighbours)")
     print(f"  at this sigma: Edgeworth epsilon = {res.epsilon_estimate:.4f}, certified epsilon = "
           f"{res.epsilon_certified:.4f} (delta={args.delta:g})")
     if args.method == "edgeworth" and res.epsilon_certified > args.target_epsilon * 1.0001:
@@ -130,22 +134,60 @@ def _common(p: argparse.ArgumentParser, with_sigma: bool) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``privacy`` command (with subcommands) to a top-level ``fedguard`` parser."""
-    privacy = subparsers.add_parser("privacy", help="differential-privacy accounting")
+    privacy = subparsers.add_parser(
+        "privacy", help="differential-privacy accounting: epsilon, noise for a target epsilon, ledgers",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Differential-privacy budgets for DP-SGD-style training (noise added to clipped gradients\n"
+                    "of randomly sampled batches):\n"
+                    "  epsilon  how private a noise level is: epsilon after a number of steps\n"
+                    "  sigma    the noise level that reaches a target epsilon\n"
+                    "  ledger   what each client of a run has spent, from its privacy_ledger.json\n"
+                    "Smaller epsilon = more private. The certified epsilon is a guarantee; the Edgeworth and RDP\n"
+                    "numbers are estimates or other bounds, shown for comparison.",
+        epilog="examples:\n"
+               "  fedguard privacy epsilon --noise-multiplier 1.0 --sample-rate 0.01 --steps 1000 --delta 1e-5\n"
+               "  fedguard privacy sigma --target-epsilon 8 --sample-rate 0.01 --steps 1000 --delta 1e-5\n"
+               "  fedguard privacy ledger runs/latest/privacy_ledger.json")
     sub = privacy.add_subparsers(dest="privacy_command", required=True)
 
-    p = sub.add_parser("epsilon", help="epsilon of a Poisson-subsampled Gaussian composition")
+    p = sub.add_parser(
+        "epsilon", help="epsilon of a Poisson-subsampled Gaussian composition",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="How private is a noise level? Prints the epsilon (at --delta) of --steps steps that each\n"
+                    "sample every example with probability --sample-rate and add Gaussian noise of std\n"
+                    "noise-multiplier x clipping norm: the certified upper bound (a guarantee) beside the\n"
+                    "Edgeworth estimate and, for comparison, Opacus' RDP bound.",
+        epilog="example:\n"
+               "  fedguard privacy epsilon --noise-multiplier 1.0 --sample-rate 0.01 --steps 1000 --delta 1e-5")
     _common(p, with_sigma=True)
     p.add_argument("--no-rdp", action="store_true", help="skip the Opacus RDP comparison")
     p.set_defaults(func=_cmd_epsilon)
 
-    p = sub.add_parser("sigma", help="noise multiplier for a target epsilon")
+    p = sub.add_parser(
+        "sigma", help="noise multiplier for a target epsilon",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="How much noise do I need? Finds the noise multiplier (noise std / clipping norm) whose\n"
+                    "epsilon after --steps steps at --sample-rate is --target-epsilon (at --delta), and prints\n"
+                    "both the certified epsilon and the estimate at that noise.",
+        epilog="example:\n  fedguard privacy sigma --target-epsilon 8 --sample-rate 0.01 --steps 1000 --delta 1e-5")
     p.add_argument("--target-epsilon", type=_positive_float, required=True)
     _common(p, with_sigma=False)
-    p.add_argument("--method", choices=("edgeworth", "certified"), default="edgeworth",
-                   help="calibrate on the Edgeworth estimate (fast) or the certified bound (conservative)")
+    p.add_argument("--method", choices=("certified", "edgeworth"), default="certified",
+                   help="calibrate on the certified bound (default: a guarantee) or on the Edgeworth estimate "
+                        "(fast, but may under-state epsilon: not a guarantee)")
+    p.add_argument("--relation", choices=("add-remove", "replace-one"), default="add-remove",
+                   help="neighbouring relation (default add-remove; replace-one when the data set's size is "
+                        "public, as FedGuard clients account)")
     p.set_defaults(func=_cmd_sigma)
 
-    p = sub.add_parser("ledger", help="summarise a saved privacy ledger")
+    p = sub.add_parser(
+        "ledger", help="summarise a saved privacy ledger",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="What has each client spent? Reads a run's privacy_ledger.json and prints, per kind of\n"
+                    "release (dp-sgd, activation, label-rr, ...), every client's steps and epsilon (estimate and\n"
+                    "certified), the worst client and the median.",
+        epilog="examples:\n  fedguard privacy ledger runs/latest/privacy_ledger.json\n"
+               "  fedguard privacy ledger runs/latest/privacy_ledger.json --kind dp-sgd --json")
     p.add_argument("path")
     p.add_argument("--delta", type=_positive_float, default=1e-5, help="delta (default 1e-5)")
     p.add_argument("--kind", action="append", default=None, help="only events of this kind (repeatable)")

@@ -29,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 from numpy.polynomial.legendre import leggauss
 
-__all__ = ["PllrCumulants", "pllr_cumulants", "expected_exp_loss"]
+__all__ = ["PllrCumulants", "pllr_cumulants", "pllr_cumulants_replace_one", "expected_exp_loss"]
 
 _NODES, _WEIGHTS = leggauss(24)
 _HALF_WIDTH_SIGMAS = 40.0  # N(0,1) mass beyond 40 is ~1e-350: below double precision
@@ -171,3 +171,58 @@ def expected_exp_loss(sigma: float, q: float) -> float:
     x, wq, _, _, _, loss = _grid(sigma, q)
     log_phi0 = -x * x / (2.0 * sigma * sigma) - math.log(math.sqrt(2.0 * math.pi) * sigma)
     return float(wq @ np.exp(loss + log_phi0))
+
+
+def _replace_nodes(sigma: float, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """Quadrature nodes/weights on [-1 - 40 sigma, 1 + 40 sigma], graded around both bends of the
+    replace-one PLLR (at +-x*, x* = 1/2 + sigma^2 log((1-q)/q))."""
+    lo, hi = -1.0 - _HALF_WIDTH_SIGMAS * sigma, 1.0 + _HALF_WIDTH_SIGMAS * sigma
+    breaks = [np.linspace(lo, hi, int(math.ceil((hi - lo) / (0.5 * sigma))) + 1)]
+    x_star = 0.5 + sigma * sigma * math.log((1.0 - q) / q)
+    k_max = int(math.ceil(math.log((hi - lo) / sigma**2) / math.log(_GRADING_RATIO))) + 1
+    offsets = sigma * sigma * _GRADING_RATIO ** np.arange(k_max)
+    for centre in (x_star, -x_star):
+        if lo < centre < hi:
+            breaks += [centre + offsets, centre - offsets, np.array([centre])]
+    edges = np.unique(np.clip(np.concatenate(breaks), lo, hi))
+    a, b = edges[:-1, None], edges[1:, None]
+    x = (0.5 * (a + b) + 0.5 * (b - a) * _NODES).ravel()
+    w = (0.5 * (b - a) * _WEIGHTS).ravel()
+    return x, w
+
+
+@lru_cache(maxsize=4096)
+def pllr_cumulants_replace_one(sigma: float, q: float) -> PllrCumulants:
+    """Cumulants of one step's PLLR under *replace-one* neighbours (one example's clipped contribution
+    replaced by any other of norm <= 1; the data set's size is public).
+
+    Dominating pair: ``P = (1-q) N(0, s^2) + q N(+1, s^2)`` vs ``Q = (1-q) N(0, s^2) + q N(-1, s^2)``, PLLR
+    ``L = log dP/dQ``. The pair is symmetric (L under P has the law of -L under Q), so both neighbouring
+    directions are the same mechanism. Returned as ``PllrCumulants(null=cumulants under Q, alt=cumulants
+    under P)``: with that layout the accountant's 'remove' and 'add' directions both evaluate this pair, and
+    histories that mix add/remove and replace-one events compose by adding cumulants.
+    For q = 1 (no subsampling) L ~ N(+-2/s^2, 4/s^2): the Gaussian mechanism with sensitivity 2.
+    """
+    sigma, q = _check(sigma, q)
+    if q == 1.0:
+        m, v = 2.0 / sigma**2, 4.0 / sigma**2
+        return PllrCumulants((-m, v, 0.0, 0.0), (m, v, 0.0, 0.0))
+    x, wq = _replace_nodes(sigma, q)
+    s2 = sigma * sigma
+    norm = 1.0 / math.sqrt(2.0 * math.pi * s2)
+    phi0 = norm * np.exp(-x * x / (2.0 * s2))
+    dens_p = (1.0 - q) * phi0 + q * norm * np.exp(-(x - 1.0) ** 2 / (2.0 * s2))
+    dens_q = (1.0 - q) * phi0 + q * norm * np.exp(-(x + 1.0) ** 2 / (2.0 * s2))
+    log1mq, logq = math.log1p(-q), math.log(q)
+    loss = (np.logaddexp(log1mq, logq + (2.0 * x - 1.0) / (2.0 * s2))
+            - np.logaddexp(log1mq, logq + (-2.0 * x - 1.0) / (2.0 * s2)))
+    out = []
+    for dens in (dens_q, dens_p):
+        mean = float(wq @ (dens * loss))
+        d = loss - mean
+        d2 = d * d
+        m2 = float(wq @ (dens * d2))
+        m3 = float(wq @ (dens * d2 * d))
+        m4 = float(wq @ (dens * d2 * d2))
+        out.append((mean, m2, m3, m4 - 3.0 * m2 * m2))
+    return PllrCumulants(tuple(out[0]), tuple(out[1]))  # type: ignore[arg-type]

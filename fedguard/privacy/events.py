@@ -10,8 +10,12 @@ Units and invariants:
 * ``epsilon``: for pure epsilon-DP events (e.g. label randomised response), finite and >= 0, per
   step; such events carry no sigma/q and compose by basic composition (epsilons add).
 
-The neighbouring relation is example-level add/remove (for a Gaussian event) - pure-epsilon events
-must be stated for the same relation by the caller.
+* ``relation``: the neighbouring relation the event's guarantee is stated for: ``"add-remove"`` (one
+  example added to or removed from the data set; the default, and the reading of ledgers written before
+  the field existed) or ``"replace-one"`` (one example replaced by another; the data set's size is public).
+  For a Gaussian event, sensitivity is measured per relation: a clipped sum of norm-C contributions has L2
+  sensitivity C under add/remove and 2C under replace-one, so the *same* noise multiplier (noise std / C)
+  gives a larger epsilon under replace-one. Pure-epsilon events are stated for their relation by the caller.
 """
 
 from __future__ import annotations
@@ -21,13 +25,18 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-__all__ = ["MechanismEvent", "InvalidEventError", "KNOWN_KINDS", "validate_kind"]
+__all__ = ["MechanismEvent", "InvalidEventError", "KNOWN_KINDS", "RELATIONS", "ADD_REMOVE", "REPLACE_ONE",
+           "validate_kind"]
 
-KNOWN_KINDS: frozenset[str] = frozenset({"dp-sgd", "activation", "label-rr", "server-aggregate"})
+KNOWN_KINDS: frozenset[str] = frozenset({"dp-sgd", "dp-sgd-server", "activation", "label-rr", "server-aggregate"})
 """Kinds accepted by default by :class:`~fedguard.privacy.ledger.PrivacyLedger` (extensible)."""
 
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-_FIELDS = ("kind", "noise_multiplier", "sample_rate", "steps", "round", "clip_norm", "epsilon")
+_FIELDS = ("kind", "noise_multiplier", "sample_rate", "steps", "round", "clip_norm", "epsilon", "relation")
+
+ADD_REMOVE = "add-remove"
+REPLACE_ONE = "replace-one"
+RELATIONS = (ADD_REMOVE, REPLACE_ONE)
 
 
 class InvalidEventError(ValueError):
@@ -67,6 +76,7 @@ class MechanismEvent:
 
     Gaussian event: ``MechanismEvent("dp-sgd", noise_multiplier=1.1, sample_rate=0.01, steps=30)``.
     Pure-epsilon event: ``MechanismEvent("label-rr", epsilon=2.0, steps=1)`` (sigma/q left None).
+    ``relation``: ``"add-remove"`` (default) or ``"replace-one"`` (see the module docstring).
     ``round`` (>= 0) and ``clip_norm`` (> 0) are informational and do not affect accounting.
     """
 
@@ -77,9 +87,12 @@ class MechanismEvent:
     round: int | None = None
     clip_norm: float | None = None
     epsilon: float | None = None
+    relation: str = ADD_REMOVE
 
     def __post_init__(self) -> None:
         validate_kind(self.kind)
+        if self.relation not in RELATIONS:
+            raise InvalidEventError(f"relation must be one of {RELATIONS}, got {self.relation!r}")
         object.__setattr__(self, "steps", _int("steps", self.steps, 1))
         if self.round is not None:
             object.__setattr__(self, "round", _int("round", self.round, 0))
@@ -121,8 +134,8 @@ class MechanismEvent:
     def merge_key(self) -> tuple:
         """Events with equal keys compose as one event with the summed number of steps."""
         if self.is_pure:
-            return (self.kind, "pure", self.epsilon)
-        return (self.kind, "gaussian", self.noise_multiplier, self.sample_rate)
+            return (self.kind, "pure", self.epsilon, self.relation)
+        return (self.kind, "gaussian", self.noise_multiplier, self.sample_rate, self.relation)
 
     def merged_with(self, other: "MechanismEvent") -> "MechanismEvent":
         """This event with ``other``'s steps added (keys must match); keeps the later round."""

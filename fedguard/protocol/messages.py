@@ -54,6 +54,7 @@ METRICS = "metrics"  # Flower strategies' default MetricRecord key
 NUM_EXAMPLES = "num-examples"  # Flower strategies' default weighting key
 NUM_LABELS = "num-labels"  # train config: classes of the task head
 FREEZE_LORA_A = "lora-freeze-a"  # train config: True = clients keep every LoRA A as received (FFA-LoRA)
+SIMULATION = "simulation"  # train config: True in a simulation (one process: budgets may live in memory)
 PRIVACY = "privacy"  # the client's privacy events for this reply, and its stable client id
 REFUSAL = "refusal"  # a client declining to train (budget), with its reason
 
@@ -72,12 +73,24 @@ class ActivationBatch:
     labels: torch.Tensor | None
 
 
+@dataclass(frozen=True)
+class DpStep:
+    """Whole-model DP-SGD parameters of a client's batches, so the server noises its half alike:
+    ``noise_multiplier`` σ (noise std / whole-gradient clip C) and ``expected_batch_size`` q·n (the
+    normaliser of the noised gradient sum; with the shard size n it is public, see the threat model)."""
+
+    noise_multiplier: float
+    expected_batch_size: float
+
+
 @dataclass
 class ActivationChunk:
-    """The client's upward message: ``batches`` in order, and its compute time for this exchange (s)."""
+    """The client's upward message: ``batches`` in order, its compute time for this exchange (s), and
+    (DP-SGD runs) the :class:`DpStep` parameters of its batches."""
 
     batches: list[ActivationBatch]
     client_seconds: float
+    dp: DpStep | None = None
 
 
 @dataclass
@@ -117,9 +130,11 @@ def encode_activations(chunk: ActivationChunk, codec: ActivationCodec = Activati
         tensors[f"mask.{i}"] = batch.attention_mask.detach().to(torch.int8).contiguous()
         if batch.labels is not None:
             tensors[f"labels.{i}"] = batch.labels.detach().to(torch.int64).contiguous()
+    dp = ({} if chunk.dp is None else {"dp-noise-multiplier": float(chunk.dp.noise_multiplier),
+                                         "dp-expected-batch-size": float(chunk.dp.expected_batch_size)})
     return RecordDict({
         ACTIVATIONS: ArrayRecord(torch_state_dict=tensors),
-        CHUNK: ConfigRecord({"batches": len(chunk.batches), **codec.config(hidden_size)}),
+        CHUNK: ConfigRecord({"batches": len(chunk.batches), **codec.config(hidden_size), **dp}),
         TIMING: MetricRecord({"client-seconds": float(chunk.client_seconds)}),
     })
 
@@ -159,7 +174,18 @@ def decode_activations(content: RecordDict, hidden_size: int, expect_labels: boo
             raise ProtocolError(f"activation reply: batch {i} carries labels, but labels stay on the client "
                                 "in this run (U-shaped split)")
         batches.append(ActivationBatch(hidden.float(), mask.long(), None if labels is None else labels.long()))
-    return ActivationChunk(batches, _client_seconds(content))
+    return ActivationChunk(batches, _client_seconds(content), _dp_step(content.config_records[CHUNK]))
+
+
+def _dp_step(chunk: ConfigRecord) -> DpStep | None:
+    """The chunk's DP-SGD parameters (None when it carries none); both must be finite and > 0."""
+    sigma, expected = chunk.get("dp-noise-multiplier"), chunk.get("dp-expected-batch-size")
+    if sigma is None and expected is None:
+        return None
+    for name, value in (("dp-noise-multiplier", sigma), ("dp-expected-batch-size", expected)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ProtocolError(f"activation reply: {name}={value!r}, expected a finite number > 0")
+    return DpStep(float(sigma), float(expected))
 
 
 def _client_seconds(content: RecordDict) -> float:
@@ -238,7 +264,7 @@ def encode_final_reply(adapter: dict[str, torch.Tensor], num_examples: int, metr
     })
 
 
-_EVENT_FIELDS = ("kind", "noise-multiplier", "sample-rate", "steps", "epsilon", "clip-norm", "round")
+_EVENT_FIELDS = ("kind", "noise-multiplier", "sample-rate", "steps", "epsilon", "clip-norm", "round", "relation")
 
 
 def encode_privacy(client_id: str, events: list[MechanismEvent]) -> ConfigRecord:
@@ -252,6 +278,7 @@ def encode_privacy(client_id: str, events: list[MechanismEvent]) -> ConfigRecord
         "epsilon": [float(e.epsilon) if e.epsilon is not None else -1.0 for e in events],
         "clip-norm": [float(e.clip_norm or 0.0) for e in events],
         "round": [int(e.round or 0) for e in events],
+        "relation": [e.relation for e in events],
     })
 
 
@@ -288,6 +315,7 @@ def decode_privacy(content: RecordDict) -> tuple[str, list[MechanismEvent]]:
                 epsilon=epsilon if pure else None,
                 clip_norm=columns["clip-norm"][i] or None,
                 round=columns["round"][i],
+                relation=columns["relation"][i],
             ))
         except (InvalidEventError, TypeError) as err:
             raise ProtocolError(f"privacy event {i} is malformed: {err}") from err

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fedguard.data.batches import TokenBatch
-from fedguard.protocol.messages import ActivationBatch
+from fedguard.protocol.messages import ActivationBatch, DpStep
 from fedguard.training.objectives import batch_loss, correct_predictions, token_losses
 
 
@@ -31,8 +31,12 @@ class ServerHalfTrainer:
         self.params = [p for p in half.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0)
 
-    def train_batch(self, batch: ActivationBatch) -> BatchOutcome:
-        """Forward the client's hidden states, compute the loss, step, and return d loss / d hidden."""
+    def close(self) -> None:
+        """Release resources (hooks of a DP subclass); the half stays usable."""
+
+    def train_batch(self, batch: ActivationBatch, step: DpStep | None = None) -> BatchOutcome:
+        """Forward the client's hidden states, compute the loss, step, and return d loss / d hidden.
+        ``step`` (DP-SGD parameters) is used by the private subclass only."""
         if batch.labels is None:
             raise ValueError("the server's head needs the batch's labels (or use the U-shaped split)")
         if batch.hidden.shape[0] == 0:  # an empty Poisson batch: nothing to learn, nothing to return
@@ -75,9 +79,13 @@ class MiddleTrainer:
         with torch.no_grad():
             return self._run(batch, seed, batch.hidden).detach()
 
-    def backward(self, batch: ActivationBatch, seed: int,
-                 grad_top: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """``(d loss / d hidden, parameter gradients)`` for the client's ``grad_top`` = d loss / d top."""
+    def close(self) -> None:
+        """Release resources (hooks of a DP subclass); the half stays usable."""
+
+    def backward(self, batch: ActivationBatch, seed: int, grad_top: torch.Tensor,
+                 step: DpStep | None = None) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """``(d loss / d hidden, parameter gradients)`` for the client's ``grad_top`` = d loss / d top.
+        ``step`` (DP-SGD parameters) is used by the private subclass only."""
         if batch.hidden.shape[0] == 0:
             return torch.zeros_like(batch.hidden), [None] * len(self.params)
         hidden = batch.hidden.detach().requires_grad_(True)

@@ -83,7 +83,10 @@ def test_resume_after_the_server_process_is_killed_never_under_counts(tmp_path):
     assert final == _client_totals(ledger_dir)  # nothing lost, nothing invented
     for client, kinds in final.items():
         assert kinds["activation"] > at_kill[client]["activation"]
-        assert kinds["dp-sgd"] == 3 * 4  # rounds 1, 2 (re-run) and 3: the killed round's steps never finished
+        # Round 1 (4 steps) and the two chunks of round 2 that left before the kill (their steps count: the
+        # server half stepped on them), then rounds 2 (re-run) and 3.
+        assert at_kill[client]["dp-sgd"] == 4 + 2
+        assert kinds["dp-sgd"] == 4 + 2 + 4 + 4
 
 
 def test_a_new_run_keeps_an_old_ledger_aside_instead_of_overwriting_it(tmp_path):

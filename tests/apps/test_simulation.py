@@ -24,7 +24,7 @@ def finished_run(tmp_path_factory):
     result = flwr_run(tmp, {
         # learning-rate 0.002: measured 0.74 / 0.78 after rounds 1 / 2 (0.001 sat at 0.65, too near the bar).
         "num-server-rounds": 2, "local-steps": 12, "batch-size": 32, "exchange-batches": 2,
-        "learning-rate": 0.002, "eval-examples": 300, "output-dir": str(out),
+        "learning-rate": 0.002, "eval-examples": 300, "output-dir": str(out), "tracking": "tensorboard",
     })
     assert (out / "metrics.json").exists(), f"run wrote no metrics.json\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return out, result
@@ -44,6 +44,20 @@ def test_two_rounds_learn_above_chance_and_report_cost(finished_run):
     assert rounds[-1]["accuracy"] > 0.68, rounds
     assert metrics["final_accuracy"] == rounds[-1]["accuracy"]
     assert "best accuracy" in result.stdout and "final accuracy" in result.stdout
+    assert "round 1/2 | acc " in result.stdout and "ETA" in result.stdout  # live progress, one line per round
+
+
+def test_the_run_is_tracked_and_the_adapter_carries_its_model_card(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = finished_run
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    accuracy = [scalar.value for scalar in events.Scalars("accuracy")]
+    rounds = json.loads((out / "metrics.json").read_text())["rounds"]
+    assert accuracy == pytest.approx([r["accuracy"] for r in rounds])
+    card = (out / "adapter" / "README.md").read_text()
+    assert card.startswith("---") and "library_name: peft" in card and "no differential-privacy guarantee" in card
 
 
 def test_outputs_reload_as_peft_adapters_of_the_unsplit_model(finished_run):
@@ -71,7 +85,8 @@ def _dp_epsilon(rounds: int, steps: int, q: float) -> float:
     from fedguard.privacy import MechanismEvent, PrivacyLedger
 
     ledger = PrivacyLedger()
-    ledger.record("c", MechanismEvent("dp-sgd", noise_multiplier=1.0, sample_rate=q, steps=rounds * steps))
+    ledger.record("c", MechanismEvent("dp-sgd", noise_multiplier=1.0, sample_rate=q, steps=rounds * steps,
+                                      relation="replace-one"))
     return ledger.epsilon("c", 1e-5, warn=False).epsilon_certified
 
 
@@ -90,8 +105,10 @@ def test_private_run_accounts_every_release_and_stops_at_the_budget(tmp_path):
     assert len(rounds) == 1, "the run must stop once no client can afford another round"
     entry = rounds[0]
     assert entry["clients_aggregated"] == 3
-    assert 0 < entry["epsilon_adapter_certified"] <= budget
-    assert entry["epsilon_adapter_estimate"] > 0 and entry["epsilon_activation"] > 0
+    assert 0 < entry["epsilon_model_certified"] <= budget
+    assert entry["epsilon_model_estimate"] > 0 and entry["epsilon_activation"] > 0
+    assert entry["epsilon_server_certified"] is None  # labels in clear: no guarantee against the server
+    assert "labels are sent in clear" in metrics["privacy"]["server"]
     assert "stopping before round 2" in result.stdout
     ledger = json.loads((out / "privacy_ledger.json").read_text())["clients"]
     assert len(ledger) == 3

@@ -36,8 +36,9 @@ def test_noise_has_the_configured_scale_and_spares_padding():
 
 def test_activation_event_is_a_plain_gaussian_with_replace_one_sensitivity():
     event = ActivationPrivacy(clip_norm=1.0, noise_multiplier=4.0).release_event(releases=3, server_round=1)
-    assert (event.kind, event.noise_multiplier, event.sample_rate, event.steps) == ("activation", 2.0, 1.0, 3)
-    # Three releases of a Gaussian with sensitivity 2C and std 4C: one Gaussian with sigma = 2/sqrt(3).
+    assert (event.kind, event.noise_multiplier, event.sample_rate, event.steps, event.relation) == (
+        "activation", 4.0, 1.0, 3, "replace-one")
+    # Three releases of a Gaussian with sensitivity 2C and std 4C: one add/remove Gaussian with sigma = 2/sqrt(3).
     composed = EdgeworthAccountant.from_events([event]).epsilon(1e-5, warn=False).epsilon_certified
     single = EdgeworthAccountant.from_events([event.__class__("activation", noise_multiplier=2 / math.sqrt(3),
                                                               sample_rate=1.0)]).epsilon(1e-5, warn=False)

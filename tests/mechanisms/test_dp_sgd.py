@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -120,3 +121,100 @@ def test_the_adapter_keeps_its_tensors_while_a_private_ffa_trainer_is_open():
                        if any(p is q for q in trainer.params))
     finally:
         trainer.close()
+
+
+# --- whole-model DP-SGD: the server half ------------------------------------------------------------------
+
+def _server_batch(client, ids, mask, labels):
+    from fedguard.protocol.messages import ActivationBatch
+
+    with torch.no_grad():
+        hidden = client(ids, mask)
+    return ActivationBatch(hidden, mask, labels)
+
+
+def test_server_per_example_gradients_equal_single_example_autograd(padded_batch):
+    from fedguard.mechanisms.dp_sgd import DPServerHalfTrainer
+
+    ids, mask = padded_batch
+    labels = torch.tensor([0, 2, 1])
+    client, server = _halves()
+    batch = _server_batch(client, ids, mask, labels)
+    params = [p for p in server.parameters() if p.requires_grad]
+    expected = []
+    for i in range(3):
+        loss = F.cross_entropy(server(batch.hidden[i:i + 1], mask[i:i + 1]), labels[i:i + 1])
+        expected.append(torch.autograd.grad(loss, params))
+    mean_grad = _server_gradient(server, batch.hidden, mask, labels)
+    trainer = DPServerHalfTrainer(server, 1e-3, client_clip=1.0, server_clip=1.0)
+    try:
+        samples, outcome = trainer.per_example_gradients(batch)
+    finally:
+        trainer.close()
+    assert len(samples) == len(params)
+    for j, sample in enumerate(samples):
+        for i in range(3):
+            torch.testing.assert_close(sample[i], expected[i][j], rtol=1e-4, atol=1e-7)
+    # What goes back to the client is the gradient of the mean batch loss, as without DP.
+    torch.testing.assert_close(outcome.grad_hidden, mean_grad, rtol=1e-4, atol=1e-8)
+
+
+def test_private_mean_gradient_clips_each_example_jointly_then_noises_and_normalises():
+    from fedguard.mechanisms.dp_sgd import private_mean_gradient
+
+    a = torch.tensor([[3.0, 0.0], [0.3, 0.0]])  # example 0: norm 5 over both tensors; example 1: norm 0.5
+    b = torch.tensor([[4.0], [0.4]])
+    out = private_mean_gradient([a, b], clip_norm=1.0, noise_std=0.0, expected_batch_size=2.0,
+                                generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out[0], (torch.tensor([0.6, 0.0]) + torch.tensor([0.3, 0.0])) / 2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], (torch.tensor([0.8]) + torch.tensor([0.4])) / 2, atol=1e-5, rtol=0)
+    noisy = private_mean_gradient([a, b], 1.0, 10.0, 2.0, torch.Generator().manual_seed(0))
+    assert not torch.allclose(noisy[0], out[0])
+
+
+def test_whole_model_noise_covers_both_groups_with_one_sensitivity():
+    from fedguard.mechanisms.dp_sgd import WholeModelDP
+
+    dp = WholeModelDP(noise_multiplier=0.8, client_clip=3.0, server_clip=4.0)
+    assert dp.total_clip == pytest.approx(5.0) and dp.noise_std == pytest.approx(4.0)
+    assert dp.client_noise_multiplier == pytest.approx(4.0 / 3.0)  # what Opacus gets for std 4 at clip 3
+    model = dp.model_event(sample_rate=0.01, steps=7, server_round=2)
+    assert (model.kind, model.noise_multiplier, model.sample_rate, model.steps, model.relation) == (
+        "dp-sgd", 0.8, 0.01, 7, "replace-one")
+    server = dp.server_event(releases=2, server_round=2)  # unamplified: q = 1, sensitivity 2 C_c
+    assert (server.kind, server.noise_multiplier, server.sample_rate, server.steps, server.relation) == (
+        "dp-sgd-server", pytest.approx(4.0 / 3.0), 1.0, 2, "replace-one")
+    with pytest.raises(ValueError, match="dp-server-max-grad-norm"):
+        WholeModelDP(1.0, 1.0, 0.0)
+
+
+def test_the_server_half_steps_only_on_noised_gradients(padded_batch):
+    from fedguard.mechanisms.dp_sgd import DPServerHalfTrainer
+    from fedguard.protocol.messages import ActivationBatch, DpStep
+
+    ids, mask = padded_batch
+    labels = torch.tensor([0, 2, 1])
+    client, server = _halves()
+    batch = _server_batch(client, ids, mask, labels)
+    before = trainable_state(server)
+    results = []
+    for _ in range(2):
+        load_trainable_state(server, before)
+        trainer = DPServerHalfTrainer(server, 1e-2, client_clip=1.0, server_clip=1.0)
+        try:
+            trainer.train_batch(batch, DpStep(noise_multiplier=1.0, expected_batch_size=3.0))
+        finally:
+            trainer.close()
+        results.append(trainable_state(server))
+    assert any(not torch.equal(results[0][k], results[1][k]) for k in before)  # fresh secret noise each step
+    # An empty Poisson batch is a noise-only step: the number of server steps does not reveal it.
+    load_trainable_state(server, before)
+    trainer = DPServerHalfTrainer(server, 1e-2, client_clip=1.0, server_clip=1.0)
+    try:
+        outcome = trainer.train_batch(ActivationBatch(batch.hidden[:0], mask[:0], labels[:0]), DpStep(1.0, 3.0))
+        with pytest.raises(ValueError, match="DP-SGD parameters"):
+            trainer.train_batch(batch, None)
+    finally:
+        trainer.close()
+    assert outcome.examples == 0
+    assert any(not torch.equal(before[k], v) for k, v in trainable_state(server).items())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from flwr.app import ArrayRecord, RecordDict
@@ -30,6 +32,12 @@ def _lora_halves(name: str, cut: int, settings: LoraSettings = LoraSettings(r=4,
     ("gpt2-cls", "c_attn", "score"),
     ("llama-cls", "q_proj", "score"),
     ("llama-lm", "q_proj", None),
+    ("distilbert-cls", "q_lin", "classifier"),
+    ("deberta-v2-cls", "query_proj", "classifier"),
+    ("electra-cls", "query", "classifier"),
+    ("phi3-cls", "qkv_proj", "score"),
+    ("gpt-neox-lm", "query_key_value", None),
+    ("opt-cls", "q_proj", "score"),
 ])
 def test_only_adapters_and_server_head_are_trainable(name, client_target, server_head):
     _, client, server = _lora_halves(name, 2)
@@ -62,6 +70,13 @@ def test_unknown_target_module_is_a_clear_error():
     model = make_tiny("bert-cls")
     with pytest.raises(ValueError, match=r"match no module.*linear modules are:.*query"):
         check_targets_exist(model, LoraSettings(target_modules=("q_proj",)), family_of(model))
+
+
+def test_auto_targets_without_a_default_ask_for_explicit_ones():
+    family = dataclasses.replace(family_of(make_tiny("bert-cls")), default_lora_targets=())
+    with pytest.raises(ValueError, match=r"no default LoRA targets for model type 'bert'.*lora-target-modules"):
+        LoraSettings().targets_for(family)
+    assert LoraSettings(target_modules=("key",)).targets_for(family) == ("key",)
 
 
 def test_split_at_zero_leaves_a_client_without_trainable_parameters():

@@ -29,11 +29,21 @@ def test_epsilon_text_warns_for_short_runs(capsys):
     assert "certified" in out and "WARNING" in out
 
 
-def test_sigma(capsys):
-    assert main(["privacy", "sigma", "--target-epsilon", "2", "--sample-rate", "0.004",
-                 "--steps", "10000", "--delta", "1e-5", "--json"]) == 0
+def test_sigma_calibrates_on_the_certified_bound_by_default(capsys):
+    # The privacy-pitfalls case: the Edgeworth root would be sigma 0.282, whose certified epsilon is 16.5.
+    assert main(["privacy", "sigma", "--target-epsilon", "8", "--sample-rate", "0.00143",
+                 "--steps", "180", "--delta", "1e-5", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["edgeworth"] == pytest.approx(2.0, abs=1e-4)
+    assert out["method"] == "certified" and out["relation"] == "add-remove"
+    assert out["noise_multiplier"] == pytest.approx(0.363, abs=0.002)
+    assert 7.99 <= out["certified"] <= 8.0
+
+
+def test_sigma_edgeworth_on_request(capsys):
+    assert main(["privacy", "sigma", "--target-epsilon", "2", "--sample-rate", "0.004",
+                 "--steps", "10000", "--delta", "1e-5", "--json", "--method", "edgeworth"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "edgeworth" and out["edgeworth"] == pytest.approx(2.0, abs=1e-4)
 
 
 def test_sigma_unreachable_is_an_error(capsys):

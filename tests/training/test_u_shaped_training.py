@@ -98,3 +98,41 @@ def test_dp_per_example_gradients_include_the_head_and_match_single_example_auto
                 torch.testing.assert_close(sample[i], exp, rtol=1e-4, atol=1e-6)
     finally:
         trainer.close()
+
+
+@pytest.mark.parametrize("name", ["bert-cls", "llama-lm"])
+def test_dp_middle_per_example_gradients_equal_single_example_autograd(name, padded_batch):
+    """Whole-model DP-SGD in the U-shape: the middle blocks' per-example gradients, from the client's
+    per-example d loss / d top rows, equal each example's own gradient through the unsplit model."""
+    from fedguard.mechanisms.dp_sgd import DPMiddleTrainer, private_mean_gradient
+    from fedguard.protocol.messages import DpStep
+
+    ids, mask = padded_batch
+    labels = _labels(name, ids, mask)
+    client, server = _setup(name)
+    for half in (client, server):
+        for module in half.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    core = client.get_base_model()
+    params = [p for p in server.parameters() if p.requires_grad]
+    expected = []
+    for i in range(3):
+        loss = example_losses(core.head(server(client(ids[i:i + 1], mask[i:i + 1]), mask[i:i + 1]), mask[i:i + 1]),
+                              labels[i:i + 1]).sum()
+        expected.append(torch.autograd.grad(loss, params, allow_unused=True))
+    with torch.no_grad():
+        hidden = client(ids, mask)
+    up = ActivationBatch(hidden, mask, None)
+    trainer = DPMiddleTrainer(server, 1e-3, client_clip=1.0, server_clip=1e3)  # no clipping at this bound
+    try:
+        top = trainer.forward(up, 0)
+        grad_top = ClientHalfTrainer(client, 1e-3).top_gradients([TokenBatch(ids, mask, labels)], [0], [top])[0]
+        hidden_grad, noised = trainer.backward(up, 0, grad_top, DpStep(noise_multiplier=1e-12, expected_batch_size=3))
+    finally:
+        trainer.close()
+    # noise std 1e-12 * C ~ 1e-9: the private mean is the plain mean of the per-example gradients
+    for j, p in enumerate(params):
+        mean = sum(e[j] if e[j] is not None else torch.zeros_like(p) for e in expected) / 3
+        torch.testing.assert_close(noised[j], mean, rtol=1e-3, atol=1e-6)
+    assert hidden_grad.shape == hidden.shape

@@ -1,0 +1,1 @@
+"""``fedguard report RUN_DIR``: one self-contained HTML page (and PNG plots) describing a finished run."""
