@@ -16,18 +16,21 @@ FedGuard tools for federated split-LoRA runs (start a run itself with `flwr run 
   attack    attack a finished run (text reconstruction, membership inference, canary exposure) to
             measure what it leaks in practice
   report    write a self-contained HTML page (and PNG plots) describing a finished run
+  check     check a run's config and GPU request (--federation-config) before `flwr run`
 
 Run `fedguard COMMAND --help` for the options of each command."""
 
 EPILOG = """\
 examples:
   fedguard report runs/latest
+  fedguard check --federation-config "client-resources-num-gpus=0.25"
   fedguard attack all runs/latest
   fedguard privacy epsilon --noise-multiplier 1.0 --sample-rate 0.01 --steps 1000 --delta 1e-5"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
+    from fedguard import check as check_cli
     from fedguard.attacks import cli as attacks_cli
     from fedguard.privacy import cli as privacy_cli
     from fedguard.report import cli as report_cli
@@ -39,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     privacy_cli.register(subparsers)
     attacks_cli.register(subparsers)
     report_cli.register(subparsers)
+    check_cli.register(subparsers)
     return parser
 
 

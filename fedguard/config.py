@@ -8,6 +8,7 @@ declared in ``[tool.flwr.app.config]`` of ``pyproject.toml``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -20,6 +21,9 @@ ACCOUNTANTS = ("edgeworth", "pld", "rdp")
 TRACKERS = ("tensorboard", "mlflow")  # run-config key tracking; see fedguard/tracking.py
 MAX_CANARIES = 256  # distinct made-up names of the causal-LM canaries (fedguard/data/canaries.py)
 ACTIVATION_COMPRESSIONS = ("none", "int8", "topk")  # see fedguard/protocol/wire.py
+SPLIT_TRANSPORTS = ("stream", "flower")  # see fedguard/apps/transports.py
+DEVICE_SETTING = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")  # checked against the machine by fedguard/model/device.py
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -44,6 +48,8 @@ class RunConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     exchange_batches: int = 1
+    split_transport: str = "stream"
+    data_plane_address: str = ""
     activation_dtype: str = "float32"
     activation_compression: str = "none"
     activation_topk: float = 0.1
@@ -60,6 +66,10 @@ class RunConfig:
     output_dir: str = "runs/latest"
     round_timeout: float = 600.0
     resume: bool = False
+    # Hardware (fedguard/model/device.py): where each process computes, and in which precision.
+    device: str = "auto"  # clients: auto | cpu | cuda | cuda:N
+    server_device: str = "auto"  # the ServerApp, same values
+    precision: str = "fp32"  # fp32 | bf16 (bfloat16 autocast for compute; adapters and optimiser state stay fp32)
     # Local differential privacy (0 = off). See docs/threat-model.md for what each one protects.
     dp_noise_multiplier: float = 0.0
     dp_max_grad_norm: float = 1.0  # C_c: per-example clip of the client part of the gradient
@@ -156,6 +166,11 @@ class RunConfig:
         need(_finite(self.learning_rate) and self.learning_rate > 0,
              f"learning-rate={self.learning_rate}: must be a positive finite number")
         need(self.exchange_batches >= 1, f"exchange-batches={self.exchange_batches}: must be >= 1")
+        need(self.split_transport in SPLIT_TRANSPORTS,
+             f"split-transport={self.split_transport!r}: allowed {', '.join(SPLIT_TRANSPORTS)}")
+        need(_valid_address(self.data_plane_address),
+             f"data-plane-address={self.data_plane_address!r}: give HOST:PORT (e.g. '0.0.0.0:7443' or "
+             "'10.0.0.5:7443'), or '' for this host and an ephemeral port")
         need(self.activation_dtype in ("float32", "float16", "bfloat16"),
              f"activation-dtype={self.activation_dtype!r}: allowed float32, float16, bfloat16")
         need(self.activation_compression in ACTIVATION_COMPRESSIONS,
@@ -191,6 +206,11 @@ class RunConfig:
         need(bool(self.output_dir), "output-dir: must not be empty")
         need(_finite(self.round_timeout) and self.round_timeout > 0,
              f"round-timeout={self.round_timeout}: must be > 0 seconds")
+        for key, value in (("device", self.device), ("server-device", self.server_device)):
+            need(bool(DEVICE_SETTING.match(value)), f"{key}={value!r}: allowed 'auto' (CUDA when the process sees "
+                 "a GPU, else CPU), 'cpu', 'cuda' or 'cuda:N'")
+        need(self.precision in PRECISIONS, f"precision={self.precision!r}: allowed {', '.join(PRECISIONS)} "
+             "(bf16 = bfloat16 autocast for compute; adapters and optimiser state stay fp32)")
         need(bool(self.strategy.strip()), "strategy: must be a strategy name (e.g. fedavg, ffa-lora, svd), "
              "'auto', or a dotted path 'package.module:Name'")
         try:
@@ -317,6 +337,13 @@ def parse_tracking(text: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ConfigError(f"tracking={text!r}: a tracker is named twice; {allowed}")
     return tuple(names)
+
+
+def _valid_address(text: str) -> bool:
+    if not text:
+        return True
+    host, sep, port = text.rpartition(":")
+    return bool(sep) and port.isdigit() and 0 <= int(port) <= 65535 and bool(host.strip("[]"))
 
 
 def _finite(value: float) -> bool:

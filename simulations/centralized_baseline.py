@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from peft import get_peft_model
 
-from fedguard.apps.quiet import quiet_libraries
-from fedguard.apps.runtime import lora_settings, model_spec
+from fedguard.quiet import quiet_libraries
+from fedguard.runtime import lora_settings, model_spec
 from fedguard.config import RunConfig
 from fedguard.data.batches import round_batches, tokenize
 from fedguard.data.sources import load_dataset_splits

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from fedguard.apps.local_run import ROOT, flwr_run
-from fedguard.apps.runtime import client_shard, runtime_for
+from fedguard.runtime import client_shard, runtime_for
 from fedguard.config import RunConfig
 from fedguard.data.batches import tokenize
-from fedguard.mechanisms.dp_sgd import DPClientHalfTrainer
+from fedguard.training.dp_trainers import DPClientHalfTrainer
 from fedguard.mechanisms.sampling import poisson_batch
 from fedguard.model.lora import load_trainable_state, trainable_state
 from fedguard.training.client_half import ClientHalfTrainer

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fedguard.apps.atomic_write import write_bytes_atomic
+from fedguard.outputs.atomic_write import write_bytes_atomic
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -15,14 +15,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedguard.apps.client_privacy import ClientPrivacy
-from fedguard.apps.capture import ActivationCapture, record_client_update
-from fedguard.apps.runtime import client_shard, runtime_for, shard_rows, shard_word_counts
+from fedguard.outputs.capture import ActivationCapture, record_client_update
+from fedguard.runtime import client_runtime, client_shard, shard_rows, shard_word_counts
 from fedguard.config import RunConfig
 from fedguard.data.batches import TokenBatch, round_batches
-from fedguard.mechanisms.dp_sgd import DPClientHalfTrainer
+from fedguard.training.dp_trainers import DPClientHalfTrainer
 from fedguard.mechanisms.labels import randomized_labels
 from fedguard.mechanisms.sampling import poisson_batch
 from fedguard.model.lora import load_trainable_state, trainable_state
+from fedguard.apps.transports import max_batch
+from fedguard.dataplane import frames
+from fedguard.dataplane.client import DataPlaneClient
 from fedguard.protocol import messages as proto
 from fedguard.protocol.wire import WIRE_DTYPES, ActivationCodec
 from fedguard.training import optimizer_state
@@ -43,7 +46,7 @@ class _ClientSession:
         self.context = context
         self.config = RunConfig.from_run_config(context.run_config)
         self.num_labels = num_labels
-        self.runtime = runtime_for(self.config, num_labels)
+        self.runtime = client_runtime(self.config, num_labels)  # the client half only, on run-config `device`
         node = context.node_config
         self.partition_id = int(node.get("partition-id", 0))
         self.num_partitions = int(node.get("num-partitions", 1))
@@ -57,10 +60,10 @@ class _ClientSession:
             self.trainer: ClientHalfTrainer = DPClientHalfTrainer(
                 self.runtime.client, self.config.learning_rate, self.privacy.dp.client_noise_multiplier,
                 self.config.dp_max_grad_norm, self.privacy.expected_batch_size, freeze_lora_a,
-                self.privacy.activation)
+                self.privacy.activation, precision=self.config.precision)
         else:
             self.trainer = ClientHalfTrainer(self.runtime.client, self.config.learning_rate, freeze_lora_a,
-                                             self.privacy.activation)
+                                             self.privacy.activation, precision=self.config.precision)
         self.lengths = shard_word_counts(self.shard) if self.config.group_by_length else None
 
     def plan(self, server_round: int) -> list[list[int]]:
@@ -104,8 +107,20 @@ class _ClientSession:
         return dict(state.config_records[_PROGRESS])
 
     def send_chunk(self, server_round: int, start: int, started: float, progress: dict) -> RecordDict:
+        """Flower transport: the next chunk's message; the round's progress is saved in ``Context.state`` (the
+        next message may reach a fresh process)."""
+        content, batches, _ = self.build_chunk(server_round, start, started, on_recorded=lambda: self.save(
+            {**progress, "round": server_round, "chunk-start": start, "chunk-size": min(
+                self.config.exchange_batches, self.config.local_steps - start)}))
+        return content
+
+    def build_chunk(self, server_round: int, start: int, started: float, keep_graph: bool = False,
+                    on_recorded=None) -> tuple[RecordDict, list[TokenBatch], list[int]]:  # noqa: ANN001
+        """The chunk of batches from step ``start``: hidden states (clipped, noised, encoded), its privacy record
+        (already on the client's ledger) and, for the server, its DP-SGD parameters. ``on_recorded`` runs once
+        the spending is recorded, before anything is returned for sending."""
         batches, seeds, indices = self.chunk(server_round, start)
-        hidden = self.trainer.send(batches, seeds)
+        hidden = self.trainer.send(batches, seeds, keep_graph=keep_graph)
         if self.config.capture_activations > 0:
             rows = shard_rows(self.config, self.partition_id, self.num_partitions, self.local_dataset)
             sent = [self.codec.roundtrip(h) for h in hidden]  # what the server decodes, not what was computed
@@ -115,8 +130,8 @@ class _ClientSession:
         # client's ledger before it leaves, and travels with it to the server's ledger.
         events = self.privacy.chunk_events(indices, server_round, labels_leave)
         self.privacy.record(events)
-        progress.update({"round": server_round, "chunk-start": start, "chunk-size": len(batches)})
-        self.save(progress)
+        if on_recorded is not None:
+            on_recorded()
         chunk = proto.ActivationChunk(
             [proto.ActivationBatch(h, b.attention_mask, b.labels if labels_leave else None)
              for h, b in zip(hidden, batches)],
@@ -124,7 +139,54 @@ class _ClientSession:
         )
         content = proto.encode_activations(chunk, self.codec)
         content[proto.PRIVACY] = proto.encode_privacy(self.privacy.client_id, events)
+        return content, batches, seeds
+
+    def final_reply(self, server_round: int, examples: int, started: float, steps: int) -> RecordDict:
+        """The round's last reply: the adapter, ``num-examples`` (a Poisson round that drew no example still
+        reports 1) and an empty privacy record (every step the adapter contains was recorded with its chunk)."""
+        update = trainable_state(self.runtime.client)
+        if self.config.capture_activations > 0:
+            record_client_update(self.config.output_dir, self.partition_id, server_round, update)
+        content = proto.encode_final_reply(update, max(1, examples), {
+            "client-seconds": time.perf_counter() - started, "steps": steps})
+        content[proto.PRIVACY] = proto.encode_privacy(self.privacy.client_id, [])
         return content
+
+    def shapes(self, batches: list[TokenBatch]) -> list[tuple[int, int, int]]:
+        return [(b.input_ids.shape[0], b.input_ids.shape[1], self.runtime.hidden_size) for b in batches]
+
+    def stream_round(self, server_round: int, plane: ConfigRecord) -> RecordDict:
+        """Stream transport: the whole round over one data-plane connection, one chunk per exchange, the
+        adapter and optimiser in memory and (one batch per chunk) each batch's autograd graph kept from the up
+        leg to the down leg, so nothing is recomputed. Returns the final reply for Flower."""
+        limits = frames.limits_for(max_batch(self.config), self.config.max_length, self.runtime.hidden_size)
+        node_id = int(self.context.node_id)
+        keep = self.config.exchange_batches == 1
+        examples, start = 0, 0
+        round_started = mark = time.perf_counter()
+        with DataPlaneClient(str(plane[proto.DATA_PLANE_ADDRESS]), str(plane[proto.DATA_PLANE_FINGERPRINT]),
+                             str(plane[proto.DATA_PLANE_TICKET]), node_id, limits,
+                             self.config.round_timeout) as link:
+            while start < self.config.local_steps:
+                up, batches, seeds = self.build_chunk(server_round, start, mark, keep_graph=keep)
+                down = link.exchange(up)
+                tops = None
+                if self.config.u_shape:
+                    mark = time.perf_counter()
+                    tops = proto.decode_top_hidden(down, self.shapes(batches)).hidden
+                    grads_up = self.trainer.top_gradients(batches, seeds, tops)
+                    reply = proto.encode_top_gradients(
+                        proto.TopGradientChunk(grads_up, time.perf_counter() - mark), self.wire_dtype)
+                    reply[proto.PRIVACY] = proto.encode_privacy(self.privacy.client_id, [])
+                    down = link.exchange(reply)
+                grads = proto.decode_gradients(down, self.shapes(batches))
+                mark = time.perf_counter()
+                self.trainer.apply_gradients(batches, seeds, grads.gradients, tops)
+                examples += sum(int(b.labels.shape[0]) for b in batches)
+                start += len(batches)
+                if grads.final:
+                    break
+        return self.final_reply(server_round, examples, round_started, start)
 
 
 @app.train()
@@ -147,6 +209,8 @@ def start_round(msg: Message, context: Context) -> Message:
                              dict(msg.content.array_records[proto.ADAPTER].to_torch_state_dict()))
         if _OPTIMIZER in context.state.array_records:
             del context.state[_OPTIMIZER]
+        if proto.DATA_PLANE_TICKET in config:  # stream transport: the whole round inside this one message
+            return Message(session.stream_round(server_round, config), reply_to=msg)
         progress = {proto.NUM_LABELS: num_labels, "examples": 0, proto.FREEZE_LORA_A: freeze_a}
         return Message(session.send_chunk(server_round, 0, started, progress), reply_to=msg)
     finally:
@@ -189,15 +253,7 @@ def exchange(msg: Message, context: Context) -> Message:
         next_start = start + len(batches)
         if not (grads.final or next_start >= session.config.local_steps):
             return Message(session.send_chunk(server_round, next_start, started, progress), reply_to=msg)
-        # num-examples weights the aggregate; a Poisson round that drew no example still reports 1.
-        update = trainable_state(session.runtime.client)
-        if session.config.capture_activations > 0:
-            record_client_update(session.config.output_dir, session.partition_id, server_round, update)
-        content = proto.encode_final_reply(update, max(1, int(progress["examples"])), {
-            "client-seconds": time.perf_counter() - started, "steps": next_start,
-        })
-        # Nothing new leaves with the adapter: every step it contains was recorded with its chunk.
-        content[proto.PRIVACY] = proto.encode_privacy(session.privacy.client_id, [])
+        content = session.final_reply(server_round, int(progress["examples"]), started, next_start)
         for key in (_PROGRESS, _OPTIMIZER, _ADAPTER):
             if key in state:
                 del state[key]

@@ -12,18 +12,19 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedguard.apps.capture import record_server_adapters
+from fedguard.outputs.capture import record_server_adapters
 from fedguard.apps.checkpoint import load_checkpoint, save_checkpoint
 from fedguard.apps.model_card import write_model_card
 from fedguard.apps.progress import RunProgress
-from fedguard.apps.atomic_write import write_json_atomic
+from fedguard.outputs.atomic_write import write_json_atomic
 from fedguard.apps.run_output import SampleWriter, save_adapters
-from fedguard.apps.runtime import data_for, lora_settings, runtime_for
+from fedguard.runtime import data_for, lora_settings, server_runtime
 from fedguard.apps.server_privacy import ServerPrivacy, privacy_summary, server_guarantee_gaps
 from fedguard.apps.split_rounds import SplitRoundRunner, as_dict
 from fedguard.config import ConfigError, RunConfig
 from fedguard.data.canaries import check_canaries, evaluation_rows
 from fedguard.model.loading import resolve_model_source
+from fedguard.model.device import DeviceError
 from fedguard.model.split import SplitError
 from fedguard.model.lora import trainable_state
 from fedguard.tracking import open_trackers
@@ -32,7 +33,7 @@ from strategies.privacy_budget import PrivacyBudgetStrategy
 
 app = ServerApp()
 log = logging.getLogger("fedguard")
-USER_ERRORS = (ConfigError, SplitError, FileNotFoundError)  # errors whose message says what to change
+USER_ERRORS = (ConfigError, SplitError, DeviceError, FileNotFoundError)  # their message says what to change
 
 
 def _setup_logging() -> None:
@@ -91,7 +92,7 @@ def run(grid: Grid, config: RunConfig, out: Path) -> None:
     if config.eval_examples:
         eval_data = eval_data.subset(list(range(min(config.eval_examples, len(eval_data)))))
     check_dp_target(config, len(data.train), len(list(grid.get_node_ids())))
-    runtime = runtime_for(config, data.num_labels)  # raises SplitError for a split-layer out of range
+    runtime = server_runtime(config, data.num_labels)  # SplitError (architecture, split-layer), DeviceError
     check_canaries(config, runtime.tokenizer, data.dev)
     write_json_atomic(out / "config.json", config.to_dict())
     privacy = ServerPrivacy(config, out)

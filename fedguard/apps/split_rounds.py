@@ -1,26 +1,26 @@
-"""The server's round loop: sample clients with a Flower strategy, run the split exchanges, aggregate.
+"""The server's round loop: sample clients with a Flower strategy, drive their sessions, aggregate, evaluate.
 
 Per round:
 
 1. ``strategy.configure_train`` samples clients and builds the ``train`` messages (global client adapter);
-2. exchanges: every active client sends a chunk of hidden states; the server trains its half on each batch
-   (clients in arrival order, batches in order) and sends back the gradients; clients compute in parallel;
-   (U-shaped split: the server forwards each chunk through its middle blocks and sends the top hidden
-   states down; once every client has returned d loss / d top, it back-propagates them all, then steps its
-   middle adapter — see :class:`~fedguard.training.server_half.MiddleTrainer` — and sends the gradients);
+2. one :class:`~fedguard.apps.server_session.ServerSession` per sampled client is driven to its end by the
+   run's :mod:`transport <fedguard.apps.transports>` (``split-transport``: the data-plane stream, or a Flower
+   message per exchange): each session trains the server half on its client's batches in arrival order and
+   answers with the gradients (U-shape: top hidden states first), recording privacy spending as it arrives;
 3. the final replies (client adapter + ``num-examples``) are checked and handed to
    ``strategy.aggregate_train``; the result is the next global client adapter;
 4. the joined model is evaluated on the held-out split.
 
-A client whose reply is an error, malformed or missing (timeout) is dropped from the round with a logged
-reason; the round is aggregated if at least ``min-fit-clients`` valid adapters remain, otherwise the
-global adapter is kept unchanged and the run continues.
+A client whose reply is an error, malformed or missing (timeout), or whose data-plane connection fails, is
+dropped from the round with a logged reason; the round is aggregated if at least ``min-fit-clients`` valid
+adapters remain, otherwise the global adapter is kept unchanged and the run continues.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,15 +31,16 @@ from flwr.superlink.grid import InMemoryGrid
 from flwr.serverapp.strategy import Strategy
 
 from fedguard.apps.checkpoint import Checkpoint, restore_rng, rng_state
-from fedguard.apps.runtime import SplitRuntime
+from fedguard.runtime import SplitRuntime
 from fedguard.apps.server_privacy import ServerPrivacy
+from fedguard.apps.server_session import ServerSession
+from fedguard.apps.transports import SplitTransport, build_transport
 from fedguard.config import RunConfig
 from fedguard.data.sources import TextDataset
 from fedguard.model.lora import load_trainable_state, trainable_state
 from fedguard.protocol import messages as proto
 from fedguard.protocol.wire import WIRE_DTYPES
-from fedguard.mechanisms.dp_sgd import DPMiddleTrainer, DPServerHalfTrainer
-from fedguard.protocol.messages import ActivationBatch, DpStep
+from fedguard.training.dp_trainers import DPMiddleTrainer, DPServerHalfTrainer
 from fedguard.training import optimizer_state
 from fedguard.training.server_half import Evaluation, MiddleTrainer, ServerHalfTrainer, evaluate_joined
 from strategies.privacy_budget import EligibleGrid
@@ -82,6 +83,7 @@ class RoundRecord:
     strategy_metrics: dict[str, object] = field(default_factory=dict)  # what the strategy's aggregate_train returned
     perplexity: float | None = None  # causal LM: exp(held-out loss per response token)
     bytes_by_client: dict[str, dict[str, int]] = field(default_factory=dict)  # node -> {"up", "down"} bytes
+    transport: str = "flower"  # split-transport that carried the round's exchanges
 
 
 class SplitRoundRunner:
@@ -104,15 +106,17 @@ class SplitRoundRunner:
         if config.dp_enabled:
             dp_trainer = DPMiddleTrainer if config.u_shape else DPServerHalfTrainer
             built = dp_trainer(runtime.server, config.learning_rate, config.dp_max_grad_norm,
-                               config.dp_server_max_grad_norm)
+                               config.dp_server_max_grad_norm, precision=config.precision)
         else:
-            built = trainer(runtime.server, config.learning_rate)
+            built = trainer(runtime.server, config.learning_rate, precision=config.precision)
         if config.u_shape:
             self.middle = built
         else:
             self.server = built
         self.simulation = isinstance(grid, InMemoryGrid) or bool(getattr(grid, "simulation", False))
         self.on_batches: Callable[[int, int], None] | None = None  # (batches done, batches planned) per exchange
+        self._lock = threading.Lock()  # one server half: sessions take turns, batches in arrival order
+        self.transport: SplitTransport = build_transport(grid, config, runtime.hidden_size, self.simulation)
         self.global_adapter = trainable_state(runtime.client)
         self.eval_batches = runtime.eval_batches(eval_data, config.max_length)
         self.wire_dtype = WIRE_DTYPES[config.activation_dtype]
@@ -131,119 +135,29 @@ class SplitRoundRunner:
         return len(EligibleGrid(self.grid, self.privacy).get_node_ids())
 
     def close(self) -> None:
-        """Release the server trainer's resources (Opacus hooks under DP-SGD)."""
+        """Release the transport (data-plane socket) and the server trainer's resources (Opacus hooks)."""
+        self.transport.close()
         self.server_trainer.close()
 
     def run_round(self, server_round: int) -> RoundRecord:
+        """Sample, drive every sampled client's session over the transport, aggregate the valid finals, evaluate."""
         started = time.perf_counter()
-        timeout = self.config.round_timeout
         self.privacy.begin_round()
         config = ConfigRecord({proto.NUM_LABELS: self.num_labels, proto.SIMULATION: self.simulation})
         messages = list(self.strategy.configure_train(
             server_round, ArrayRecord(torch_state_dict=self.global_adapter), config, self.grid))
-        sampled = {m.metadata.dst_node_id for m in messages}
-        dropped: dict[str, str] = {}
-        refused: dict[str, str] = {}
-        done_steps = {node: 0 for node in sampled}
-        bytes_up = bytes_down = 0
-        client_seconds = server_seconds = 0.0
-        losses: list[float] = []
-        finals: list[Message] = []
-        exchanges = 0
-        traffic: dict[str, dict[str, int]] = {}  # node -> payload bytes up / down this round
-        pending: dict[int, tuple[list[ActivationBatch], list[int], DpStep | None]] = {}  # U-shape: awaiting d/d top
-        while messages:
-            for m in messages:
-                size = proto.payload_bytes(m.content)
-                bytes_down += size
-                traffic.setdefault(str(m.metadata.dst_node_id), {"up": 0, "down": 0})["down"] += size
-            waiting = {m.metadata.dst_node_id for m in messages}
-            # An error reply for a node that went offline comes from the SuperLink, not the node: match replies
-            # to the instruction they answer, not to their sender.
-            replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-            destination = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # ids set on send
-            exchanges += 1
-            messages = []
-            slowest = 0.0
-            middle_steps: list[list] = []
-            for reply in replies:
-                node = destination.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-                waiting.discard(node)
-                if reply.has_error():
-                    dropped[str(node)] = f"client error: {reply.error.reason}"
-                    pending.pop(node, None)
-                    continue
-                size = proto.payload_bytes(reply.content)
-                bytes_up += size
-                traffic.setdefault(str(node), {"up": 0, "down": 0})["up"] += size
-                problem = self.privacy.observe(node, reply.content)  # spending is recorded (on disk) first
-                if proto.REFUSAL in reply.content.config_records:
-                    reason = str(reply.content.config_records[proto.REFUSAL].get("reason", "no reason given"))
-                    refused[str(node)] = reason
-                    self.privacy.exclude(node, f"refused: {reason}")
-                    continue
-                if problem is None and done_steps.get(node, 0) >= self.config.local_steps:
-                    problem = self.privacy.check_final(node, reply.content, done_steps[node])
-                if problem is not None:
-                    dropped[str(node)] = f"privacy record rejected: {problem}"
-                    pending.pop(node, None)
-                    continue
-                if done_steps.get(node, 0) >= self.config.local_steps:
-                    finals.append(reply)
-                    continue
-                try:
-                    if node in pending:  # U-shape, second half of a chunk: the client's d loss / d top
-                        batches, seeds, dp_step = pending.pop(node)
-                        tops = proto.decode_top_gradients(reply.content, [tuple(b.hidden.shape) for b in batches])
-                        slowest = max(slowest, tops.client_seconds)
-                        t0 = time.perf_counter()
-                        results = [self.middle.backward(b, seed, g, dp_step)
-                                   for b, seed, g in zip(batches, seeds, tops.gradients)]
-                        server_seconds += time.perf_counter() - t0
-                        # Under DP-SGD an empty Poisson batch is still a (noise-only) step.
-                        middle_steps.extend(grads for b, (_, grads) in zip(batches, results)
-                                            if b.hidden.shape[0] or dp_step is not None)
-                        messages.append(self._gradient_message(node, [g for g, _ in results], done_steps,
-                                                               server_round))
-                        continue
-                    chunk = proto.decode_activations(reply.content, self.runtime.hidden_size,
-                                                     expect_labels=not self.config.u_shape)
-                except proto.ProtocolError as err:
-                    dropped[str(node)] = f"malformed reply: {err}"
-                    continue
-                if self.config.dp_enabled and chunk.dp is None:
-                    dropped[str(node)] = "malformed reply: a DP-SGD run's chunk carries no DP-SGD parameters"
-                    continue
-                slowest = max(slowest, chunk.client_seconds)
-                t0 = time.perf_counter()
-                if self.middle is not None:
-                    seeds = [self._middle_seed(server_round, node, exchanges, j) for j in range(len(chunk.batches))]
-                    tops_down = [self.middle.forward(b, seed) for b, seed in zip(chunk.batches, seeds)]
-                    pending[node] = (chunk.batches, seeds, chunk.dp)
-                    server_seconds += time.perf_counter() - t0
-                    content = proto.encode_top_hidden(proto.TopHiddenChunk(tops_down), server_round, self.wire_dtype)
-                    messages.append(Message(content, dst_node_id=node, message_type=proto.EXCHANGE))
-                    continue
-                outcomes = [self.server.train_batch(batch, chunk.dp) for batch in chunk.batches]
-                server_seconds += time.perf_counter() - t0
-                losses.extend(o.loss for o in outcomes if o.examples)
-                messages.append(self._gradient_message(node, [o.grad_hidden for o in outcomes], done_steps,
-                                                       server_round))
-            t0 = time.perf_counter()
-            for grads in middle_steps:  # after every backward of this exchange: all saw the same weights
-                self.middle.step(grads)
-            server_seconds += time.perf_counter() - t0
-            for node in waiting:
-                dropped[str(node)] = f"no reply within round-timeout={timeout:g}s"
-                done_steps.pop(node, None)
-                pending.pop(node, None)
-            client_seconds += slowest
-            if self.on_batches is not None:
-                self.on_batches(sum(done_steps.values()), len(sampled) * self.config.local_steps)
+        sessions = {m.metadata.dst_node_id: ServerSession(
+            m.metadata.dst_node_id, server_round, self.config, self.server_trainer, self.runtime.hidden_size,
+            self.privacy, self.wire_dtype, self._lock, defer_middle_steps=self.transport.name == "flower")
+            for m in messages}
+        result = self.transport.run(messages, sessions, self.on_batches)
+        dropped = {str(n): s.dropped_reason for n, s in sessions.items() if s.dropped_reason is not None}
+        refused = {str(n): s.refused for n, s in sessions.items() if s.refused is not None}
         for node, reason in refused.items():
             log.warning("round %d: client %s refused to train: %s", server_round, node, reason)
         for node, reason in dropped.items():
             log.warning("round %d: client %s dropped: %s", server_round, node, reason)
+        finals = [s.final_message for s in sessions.values() if s.final_message is not None]
         valid = self._valid_finals(finals, dropped, server_round)
         aggregated = len(valid) >= self.config.min_fit_clients
         aggregation: dict[str, object] = {}
@@ -262,15 +176,23 @@ class SplitRoundRunner:
         t0 = time.perf_counter()
         evaluation = self.evaluate()
         eval_seconds = time.perf_counter() - t0
+        stats = [s.stats for s in sessions.values()]
+        server_seconds = sum(st.server_seconds for st in stats)
+        # Waiting: what neither the server's (serial) compute nor the slowest client's own compute with the server
+        # work on its batches explains.
+        critical = max([server_seconds] + [st.client_seconds + st.server_seconds for st in stats]
+                       if self.transport.name == "stream" else [result.client_seconds + server_seconds])
+        losses = [loss for st in stats for loss in st.losses]
         return RoundRecord(
             round=server_round, accuracy=evaluation.accuracy, loss=evaluation.loss, perplexity=evaluation.perplexity,
-            bytes_up=bytes_up, bytes_down=bytes_down, bytes_by_client=traffic,
-            seconds=time.perf_counter() - started, client_seconds=client_seconds, server_seconds=server_seconds,
-            messaging_seconds=max(0.0, train_seconds - client_seconds - server_seconds), eval_seconds=eval_seconds,
-            exchanges=exchanges, train_loss=sum(losses) / len(losses) if losses else math.nan,
-            clients_sampled=len(sampled), clients_aggregated=len(valid) if aggregated else 0,
+            bytes_up=sum(st.bytes_up for st in stats), bytes_down=sum(st.bytes_down for st in stats),
+            bytes_by_client={str(n): {"up": s.stats.bytes_up, "down": s.stats.bytes_down} for n, s in sessions.items()},
+            seconds=time.perf_counter() - started, client_seconds=result.client_seconds, server_seconds=server_seconds,
+            messaging_seconds=max(0.0, train_seconds - critical), eval_seconds=eval_seconds,
+            exchanges=result.exchanges, train_loss=sum(losses) / len(losses) if losses else math.nan,
+            clients_sampled=len(sessions), clients_aggregated=len(valid) if aggregated else 0,
             clients_dropped=dropped, aggregated=aggregated, clients_refused=refused, strategy_metrics=aggregation,
-            **self.privacy.round_metrics(),
+            transport=self.transport.name, **self.privacy.round_metrics(),
         )
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -296,18 +218,6 @@ class SplitRoundRunner:
             optimizer_state.restore(optimizer, checkpoint.server_optimizer)
         self.privacy.excluded.update(checkpoint.excluded)
         restore_rng(checkpoint.rng)
-
-    def _gradient_message(self, node: int, gradients: list, done_steps: dict[int, int], server_round: int) -> Message:
-        """The gradients of a chunk's hidden states; ``final`` once the node has done its local steps."""
-        done_steps[node] += len(gradients)
-        final = done_steps[node] >= self.config.local_steps
-        content = proto.encode_gradients(proto.GradientChunk(gradients, final), server_round, self.wire_dtype)
-        return Message(content, dst_node_id=node, message_type=proto.EXCHANGE)
-
-    def _middle_seed(self, server_round: int, node: int, exchange: int, batch: int) -> int:
-        """Dropout seed of one middle-block forward (recomputed identically for its backward)."""
-        return (self.config.seed * 1_000_003 + server_round * 100_003 + node % 1_000_033 * 7 + exchange * 31
-                + batch) % 2**31
 
     def _valid_finals(self, finals: list[Message], dropped: dict[str, str], server_round: int) -> list[Message]:
         """Replies that pass :func:`strategies.validation.reply_problem` against the current global adapter

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedguard.apps.capture import CAPTURE_DIR, server_adapter_path, trained_rows_path
-from fedguard.apps.runtime import RunData, runtime_for
+from fedguard.outputs.capture import CAPTURE_DIR, server_adapter_path, trained_rows_path
+from fedguard.runtime import RunData, runtime_for
 from fedguard.attacks.membership import (
     AttackScore,
     encode_rows,

@@ -18,7 +18,7 @@ import numpy as np
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fedguard.apps.runtime import RunData
+from fedguard.runtime import RunData
 from fedguard.attacks.canaries import (
     LEAK_MARGIN_BITS,
     LEAK_P_VALUE,

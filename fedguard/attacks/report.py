@@ -21,8 +21,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from fedguard import __version__
-from fedguard.apps.atomic_write import write_json_atomic
-from fedguard.apps.runtime import Examples, RunData, run_data
+from fedguard.outputs.atomic_write import write_json_atomic
+from fedguard.runtime import Examples, RunData, run_data
 from fedguard.attacks import inversion as inv
 from fedguard.attacks.client_updates import has_client_updates, run_client_update_membership
 from fedguard.attacks.exposure import run_exposure

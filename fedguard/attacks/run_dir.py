@@ -2,7 +2,7 @@
 
 A run started with ``capture-activations = N`` writes, per client, the first N examples it sent (the tensors
 exactly as they left the client, with the true tokens) and every training row it trained on (see
-:mod:`fedguard.apps.capture`). The attacks read them from here; nothing in this module trains or attacks.
+:mod:`fedguard.outputs.capture`). The attacks read them from here; nothing in this module trains or attacks.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from fedguard.apps.capture import CAPTURE_DIR
+from fedguard.outputs.capture import CAPTURE_DIR
 from fedguard.config import RunConfig
 from fedguard.mechanisms.activations import ActivationPrivacy
 

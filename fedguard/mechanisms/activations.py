@@ -11,6 +11,9 @@ example compose.
 
 Back-propagation: the noise is additive, so d/dh of the sent tensor is the identity through it; the
 clipping is differentiated as usual when the client recomputes its forward pass (without the noise).
+
+Devices: noise is drawn on the device of the tensor it is added to, so the generator must live there too
+(a ``torch.Generator`` draws on its own device only; see :func:`fedguard.model.device.secret_generator`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ from fedguard.privacy import MechanismEvent
 from fedguard.privacy.events import REPLACE_ONE
 
 
+def check_generator(generator: torch.Generator, like: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``generator`` draws on ``like``'s device type (noise is drawn where the
+    tensor it is added to lives)."""
+    if generator.device.type != like.device.type:
+        raise ValueError(f"noise generator is on {generator.device} but the hidden states are on {like.device}: "
+                         "create the generator on the hidden states' device "
+                         "(fedguard.model.device.secret_generator(device))")
+
+
 class ActivationMechanism(Protocol):
     """What a client applies to the hidden states it sends (this module's Gaussian mechanism, or
     :class:`fedguard.mechanisms.embedding_dchi.EmbeddingDChi`)."""
@@ -32,7 +44,7 @@ class ActivationMechanism(Protocol):
         """Bound what is sent (differentiable: the client back-propagates through it)."""
 
     def noise(self, like: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Additive noise for one release."""
+        """Additive noise for one release, on ``like``'s device (``generator`` must be on that device)."""
 
     def release_event(self, releases: int, server_round: int) -> MechanismEvent | None:
         """The ledger event for ``releases`` more releases of the most-released example."""
@@ -59,11 +71,14 @@ class ActivationPrivacy:
         return masked * factor.view(-1, 1, 1)
 
     def noise(self, like: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """N(0, (σC)²) on every real-token coordinate (zero on padding)."""
+        """N(0, (σC)²) on every real-token coordinate (zero on padding), drawn on ``like``'s device with
+        ``generator`` (which must be on that device)."""
         if self.noise_multiplier == 0:
             return torch.zeros_like(like)
-        draw = torch.randn(like.shape, generator=generator, dtype=like.dtype)
-        return draw * (self.noise_multiplier * self.clip_norm) * attention_mask.unsqueeze(-1).to(like.dtype)
+        check_generator(generator, like)
+        draw = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+        mask = attention_mask.to(like.device).unsqueeze(-1).to(like.dtype)
+        return draw * (self.noise_multiplier * self.clip_norm) * mask
 
     def release_event(self, releases: int, server_round: int) -> MechanismEvent | None:
         """The ledger event for ``releases`` more releases of the most-released example (None if no noise)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedguard.mechanisms.activations import check_generator
 from fedguard.privacy import MechanismEvent
 from fedguard.privacy.events import REPLACE_ONE
 
@@ -41,16 +42,21 @@ class EmbeddingDChi:
         return masked * (self.token_clip / norms).clamp(max=1.0)
 
     def noise(self, like: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Noise with density ∝ exp(−η‖z‖) on every real token (zero on padding)."""
+        """Noise with density ∝ exp(−η‖z‖) on every real token (zero on padding), on ``like``'s device.
+
+        ``generator`` (on ``like``'s device) draws the directions there and seeds the lengths, which are
+        sampled on the CPU (small: one per token) and moved."""
+        check_generator(generator, like)
         size = like.shape[-1]
-        direction = torch.randn(like.shape, generator=generator, dtype=torch.float64)
+        direction = torch.randn(like.shape, generator=generator, dtype=torch.float64, device=like.device)
         direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-300)
         gamma = torch.distributions.Gamma(torch.tensor(float(size), dtype=torch.float64),
                                           torch.tensor(self.eta, dtype=torch.float64))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-            length = gamma.sample(like.shape[:-1] + (1,))
-        return (direction * length).to(like.dtype) * attention_mask.unsqueeze(-1).to(like.dtype)
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
+            length = gamma.sample(like.shape[:-1] + (1,)).to(like.device)
+        mask = attention_mask.to(like.device).unsqueeze(-1).to(like.dtype)
+        return (direction * length).to(like.dtype) * mask
 
     @property
     def epsilon_per_release(self) -> float:

@@ -55,6 +55,9 @@ NUM_EXAMPLES = "num-examples"  # Flower strategies' default weighting key
 NUM_LABELS = "num-labels"  # train config: classes of the task head
 FREEZE_LORA_A = "lora-freeze-a"  # train config: True = clients keep every LoRA A as received (FFA-LoRA)
 SIMULATION = "simulation"  # train config: True in a simulation (one process: budgets may live in memory)
+DATA_PLANE_ADDRESS = "data-plane-address"  # train config (stream transport): HOST:PORT of the ServerApp's data plane
+DATA_PLANE_FINGERPRINT = "data-plane-fingerprint"  # train config: SHA-256 of its TLS certificate (pinned)
+DATA_PLANE_TICKET = "data-plane-ticket"  # train config: this node's single-use ticket for this round
 PRIVACY = "privacy"  # the client's privacy events for this reply, and its stable client id
 REFUSAL = "refusal"  # a client declining to train (budget), with its reason
 

@@ -16,11 +16,15 @@ U-shaped split: the client half also holds the head. The server returns its top 
 computes the loss there and sends back only d loss / d top hidden (:meth:`ClientHalfTrainer.top_gradients`).
 When the gradients for the split arrive, the client recomputes both ends (same seeds, same weights) and
 takes one step on the whole loss: bottom gradients from the server, head gradients from its own loss.
+
+Devices (:mod:`fedguard.model.device`): the trainer runs on the device of the half's parameters. Its methods
+take batches and gradients on any device (CPU, as decoded from the wire) and return what is sent (hidden
+states, top gradients) as float32 CPU tensors. ``precision = "bf16"`` autocasts the forward passes; the
+adapter, its gradients, the optimiser state, the loss and the activation noise stay float32.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +32,7 @@ from torch import nn
 
 from fedguard.data.batches import TokenBatch
 from fedguard.mechanisms.activations import ActivationMechanism
+from fedguard.model.device import autocast, batch_to, check_precision, fork_rng, module_device, secret_generator, to_wire
 from fedguard.model.lora import unwrapped
 from fedguard.training.objectives import batch_loss, example_losses
 
@@ -39,14 +44,18 @@ class ClientHalfTrainer:
 
     ``freeze_lora_a``: keep every LoRA ``A`` matrix as received (FFA-LoRA); only ``B`` is trained.
     ``activation``: clip (and noise) each example's hidden states before they are sent.
+    ``precision``: ``fp32`` or ``bf16`` (autocast of the forward passes). The trainer computes on the device
+    of ``half``'s parameters (:attr:`device`).
     """
 
     def __init__(self, half: nn.Module, learning_rate: float, freeze_lora_a: bool = False,
-                 activation: ActivationMechanism | None = None) -> None:
+                 activation: ActivationMechanism | None = None, *, precision: str = "fp32") -> None:
         self.half = half
         self.module: nn.Module = half
         self.activation = activation
-        self._noise = torch.Generator().manual_seed(secrets.randbits(63))  # never the public seed
+        self.device = module_device(half)
+        self.precision = check_precision(precision)
+        self._noise = secret_generator(self.device)  # never the public seed; draws on the half's device
         self.params = [p for name, p in half.named_parameters()
                        if p.requires_grad and not (freeze_lora_a and ".lora_A." in name)]
         self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0) if self.params else None
@@ -62,45 +71,69 @@ class ClientHalfTrainer:
     def head_loss(self, batch: TokenBatch, top: torch.Tensor, dropout_seed: int, per_example: bool = False) -> torch.Tensor:
         """U-shape: the loss of ``batch`` given the server's top hidden states (mean, or per example)."""
         self.module.train()
-        with torch.random.fork_rng(devices=[]):
+        batch, top = batch_to(batch, self.device), top.to(self.device)
+        with fork_rng(self.device), autocast(self.device, self.precision):
             torch.manual_seed((dropout_seed + _HEAD_SEED) % 2**31)
             logits = self.core.head(top, batch.attention_mask)
         return example_losses(logits, batch.labels) if per_example else batch_loss(logits, batch.labels)
 
     def top_gradients(self, batches: Sequence[TokenBatch], seeds: Sequence[int],
                       tops: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """U-shape: d (mean batch loss) / d top hidden states for each batch — all that leaves the client."""
+        """U-shape: d (mean batch loss) / d top hidden states for each batch — all that leaves the client
+        (float32, on CPU)."""
         out = []
         for batch, seed, top in zip(batches, seeds, tops):
             if batch.input_ids.shape[0] == 0:
-                out.append(torch.zeros_like(top))
+                out.append(to_wire(torch.zeros_like(top)))
                 continue
-            top = top.detach().requires_grad_(True)
+            top = top.detach().to(self.device).requires_grad_(True)
             (grad,) = torch.autograd.grad(self.head_loss(batch, top, seed), top)
-            out.append(grad.detach())
+            out.append(to_wire(grad))
         return out
 
     def forward(self, batch: TokenBatch, dropout_seed: int) -> torch.Tensor:
-        """Hidden states at the split for ``batch`` (gradients enabled), clipped if activations are private."""
+        """Hidden states at the split for ``batch`` (gradients enabled, on :attr:`device`, float32 whatever the
+        precision), clipped if activations are private."""
         self.module.train()
-        with torch.random.fork_rng(devices=[]):
+        batch = batch_to(batch, self.device)
+        with fork_rng(self.device), autocast(self.device, self.precision):
             torch.manual_seed(dropout_seed)
             hidden = self.module(batch.input_ids, batch.attention_mask)
+        hidden = hidden.float()  # a no-op in fp32; clipping norms are privacy-relevant: float32
         return self.activation.clip(hidden, batch.attention_mask) if self.activation else hidden
 
-    def send(self, batches: Sequence[TokenBatch], seeds: Sequence[int]) -> list[torch.Tensor]:
-        """Hidden states for each batch, detached and (if configured) noised, ready to send."""
-        out = []
-        with torch.no_grad():
-            for batch, seed in zip(batches, seeds):
-                if batch.input_ids.shape[0] == 0:
-                    out.append(torch.zeros((0, batch.input_ids.shape[1], self.hidden_size)))
-                    continue
-                hidden = self.forward(batch, seed).detach()
-                if self.activation is not None:
-                    hidden = hidden + self.activation.noise(hidden, batch.attention_mask, self._noise)
-                out.append(hidden)
+    def send(self, batches: Sequence[TokenBatch], seeds: Sequence[int], keep_graph: bool = False) -> list[torch.Tensor]:
+        """Hidden states for each batch, detached and (if configured) noised, ready to send: float32, on CPU.
+
+        ``keep_graph``: keep each batch's autograd graph until :meth:`apply_gradients`, which then
+        back-propagates through it instead of recomputing the forward pass (the data-plane transport, where the
+        gradients come back to this same process; one batch per chunk).
+        """
+        out: list[torch.Tensor] = []
+        self._kept: list[torch.Tensor | None] = []
+        for batch, seed in zip(batches, seeds):
+            if batch.input_ids.shape[0] == 0:
+                out.append(torch.zeros((0, batch.input_ids.shape[1], self.hidden_size)))
+                self._kept.append(None)
+                continue
+            with torch.set_grad_enabled(keep_graph):
+                computed = self.forward(batch, seed)
+            self._kept.append(computed if keep_graph else None)
+            hidden = computed.detach()
+            if self.activation is not None:
+                mask = batch.attention_mask.to(self.device)
+                hidden = hidden + self.activation.noise(hidden, mask, self._noise)
+            out.append(to_wire(hidden))
         return out
+
+    def hidden_for(self, j: int, batch: TokenBatch, seed: int) -> torch.Tensor:
+        """Batch ``j``'s hidden states with their graph: kept from :meth:`send` if it kept them (used once), else
+        recomputed with the same weights and dropout seed (identical to what was sent, before the noise)."""
+        kept = getattr(self, "_kept", [])
+        if j < len(kept) and kept[j] is not None:
+            hidden, kept[j] = kept[j], None
+            return hidden
+        return self.forward(batch, seed)
 
     @property
     def hidden_size(self) -> int:
@@ -119,10 +152,10 @@ class ClientHalfTrainer:
         for j, (batch, seed, grad) in enumerate(zip(batches, seeds, grads)):
             if batch.input_ids.shape[0] == 0:
                 continue
-            hidden = self.forward(batch, seed)
+            hidden = self.hidden_for(j, batch, seed)
             if hidden.shape != grad.shape:
                 raise ValueError(f"gradient shape {tuple(grad.shape)} does not match hidden {tuple(hidden.shape)}")
-            total = (hidden * grad).sum()
+            total = (hidden * grad.to(self.device, torch.float32)).sum()
             if tops is not None:
                 total = total + self.head_loss(batch, tops[j].detach(), seed)
             per_batch.append(list(torch.autograd.grad(total, self.params, allow_unused=True)))

@@ -8,6 +8,10 @@
 The batch loss is always the *mean of the per-example losses*, so the gradient row of example i is
 (1/B)·dℓ_i — the property DP-SGD through the split relies on (:mod:`fedguard.mechanisms.dp_sgd`). (For a
 causal LM this weights examples equally, not tokens; evaluation reports the token-weighted loss.)
+
+Losses are computed in float32 on the logits' device, whatever the logits' precision (bfloat16 under
+``precision = "bf16"``) and wherever the labels are (CPU, as decoded from the wire); for float32 logits
+with labels on their device this changes nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ IGNORE = -100
 
 
 def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """ℓ_i for each example, ``[B]`` (see the module docstring for the two label layouts)."""
+    """ℓ_i for each example, ``[B]``, float32 on the logits' device (see the module docstring for the two
+    label layouts)."""
+    logits, labels = _aligned(logits, labels)
     if labels.dim() == 1:
         return F.cross_entropy(logits, labels, reduction="none")
     tokens, counts = token_losses(logits, labels)
@@ -29,6 +35,7 @@ def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal LM: the cross-entropy of every predicted token ``[B, T-1]`` (0 where ignored) and the number
     of target tokens per example ``[B]``."""
+    logits, labels = _aligned(logits, labels)
     shifted = labels[:, 1:]
     mask = shifted != IGNORE
     losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), shifted.masked_fill(~mask, 0), reduction="none")
@@ -40,9 +47,15 @@ def batch_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return example_losses(logits, labels).mean()
 
 
+def _aligned(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits and labels on the logits' device (the same tensors when they already are)."""
+    return logits.float(), labels.to(logits.device)
+
+
 def correct_predictions(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
     """``(correct, counted)``: classes for classification; next tokens on the target positions for a
     causal LM."""
+    labels = labels.to(logits.device)
     if labels.dim() == 1:
         return int((logits.argmax(-1) == labels).sum()), int(labels.numel())
     shifted = labels[:, 1:]

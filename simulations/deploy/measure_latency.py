@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.deployment.loopback import LoopbackDeployment, wait_for  # noqa: E402
+from fedguard.apps.local_deployment import LoopbackDeployment, wait_for  # noqa: E402
 
 VARIANTS = {
     "defaults": ({"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"}, False),
@@ -46,7 +46,7 @@ COLD_START = """
 import time; t = time.perf_counter()
 import flwr.clientapp, torch, transformers
 from fedguard.apps import client_app
-from fedguard.apps.runtime import runtime_for
+from fedguard.runtime import runtime_for
 from fedguard.config import RunConfig
 t_import = time.perf_counter() - t
 runtime_for(RunConfig.from_run_config({}), 2)

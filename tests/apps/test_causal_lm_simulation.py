@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from fedguard.apps.runtime import RunData, run_data
+from fedguard.runtime import RunData, run_data
 from fedguard.data.instructions import tokenize_instructions
 from fedguard.model.loading import ModelSpec, load_tokenizer
 from fedguard.training.objectives import token_losses

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedguard.apps import client_app
-from fedguard.apps.runtime import runtime_for
+from fedguard.runtime import runtime_for
 from fedguard.config import RunConfig
 from fedguard.model.lora import trainable_state
 from fedguard.privacy import MechanismEvent, PrivacyLedger

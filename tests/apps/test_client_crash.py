@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import tomllib
 
+import pytest
 from flwr.app import Context, RecordDict
 
 from fedguard.apps import server_app
+from fedguard.dataplane.client import DataPlaneClient
 from fedguard.privacy import PrivacyLedger
 from fedguard.testing import ensure_message_identity
 from tests.apps.flwr_harness import ROOT
@@ -35,22 +37,46 @@ class CrashingGrid(LoopbackGrid):
         return super().send_and_receive(alive, timeout=timeout)
 
 
+def _die_on_the_data_plane(monkeypatch, victim: int, chunks: int) -> None:
+    """The victim's process dies right after its ``chunks``-th chunk reached the server: its connection closes
+    without a word (no reply read, nothing more sent)."""
+    exchange = DataPlaneClient.exchange
+    sent: dict[int, int] = {}
+
+    def dying(self, content):
+        if self.node_id == victim:
+            sent[victim] = sent.get(victim, 0) + 1
+            if sent[victim] > chunks:
+                self.conn.close()
+                raise ConnectionAbortedError("the client process died")
+        return exchange(self, content)
+
+    monkeypatch.setattr(DataPlaneClient, "exchange", dying)
+
+
 def _steps(ledger: PrivacyLedger, client: str) -> dict[str, int]:
     return {kind: sum(e.steps for e in ledger.events(client, kind)) for kind in KINDS}
 
 
-def test_a_client_killed_mid_round_has_its_partial_round_in_both_ledgers(tmp_path):
+@pytest.mark.parametrize("transport", ["stream", "flower"])
+def test_a_client_killed_mid_round_has_its_partial_round_in_both_ledgers(tmp_path, transport, monkeypatch):
     ensure_message_identity()
     raw = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     raw.update({"num-server-rounds": 1, "local-steps": 6, "batch-size": 4, "exchange-batches": 1, "max-length": 24,
                 "eval-examples": 16, "output-dir": str(tmp_path / "run"), "dp-noise-multiplier": 1.0,
-                "act-clip-norm": 10.0, "act-noise-multiplier": 1.0, "min-fit-clients": 2})
+                "act-clip-norm": 10.0, "act-noise-multiplier": 1.0, "min-fit-clients": 2, "split-transport": transport,
+                "round-timeout": 20.0})
     contexts = node_contexts(raw, 3)
     for context in contexts.values():
         context.node_config["ledger-path"] = str(tmp_path / f"client-{context.node_config['partition-id']}.json")
     victim = max(contexts)
-    # The victim answers its train message and two gradient messages (three chunks sent), then dies.
-    grid = CrashingGrid(contexts, victim, messages=3)
+    # The victim sends three chunks, then dies: on the data plane its connection breaks after its third chunk;
+    # on the Flower path it answers its train message and two gradient messages, then never again.
+    if transport == "stream":
+        _die_on_the_data_plane(monkeypatch, victim, chunks=3)
+        grid = LoopbackGrid(contexts)
+    else:
+        grid = CrashingGrid(contexts, victim, messages=3)
     server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=raw))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     entry = metrics["rounds"][0]
@@ -58,8 +84,11 @@ def test_a_client_killed_mid_round_has_its_partial_round_in_both_ledgers(tmp_pat
     client = f"partition-{contexts[victim].node_config['partition-id']}"
     own = _steps(PrivacyLedger.load(tmp_path / f"client-{contexts[victim].node_config['partition-id']}.json"), client)
     server = _steps(PrivacyLedger.load(tmp_path / "run" / "privacy_ledger.json"), client)
-    assert own == server
-    assert own["dp-sgd"] == 3  # three batches reached the server, which stepped its half on each
+    assert server["dp-sgd"] == 3  # three batches reached the server, which stepped its half on each
+    if transport == "flower":
+        assert own == server  # the victim never got the fourth message
+    else:  # the victim recorded its fourth chunk, then died while sending it: the client errs on the safe side
+        assert own["dp-sgd"] == 4 and all(own[k] >= server[k] for k in KINDS)
     assert own["activation"] >= 1 and own["dp-sgd-server"] >= 1
     # The finished clients spent all six steps; the round's model epsilon covers the victim too.
     for other in (c for c in contexts if c != victim):

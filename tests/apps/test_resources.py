@@ -10,7 +10,7 @@ import pytest
 from flwr.common.config import parse_config_args
 from flwr.supercore.utils import simulation_config_from_json
 
-from fedguard.apps import runtime
+from fedguard import runtime
 from fedguard.config import RunConfig
 from tests.apps.flwr_harness import ROOT
 

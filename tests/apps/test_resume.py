@@ -32,7 +32,7 @@ def _raw(out, **overrides) -> dict:
     raw = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     raw.update({"dataset": str(data), "num-server-rounds": 3, "local-steps": 4, "batch-size": 4, "exchange-batches": 1, "max-length": 24,
                 "eval-examples": 16, "output-dir": str(out), "dp-noise-multiplier": 1.0, "act-clip-norm": 10.0,
-                "act-noise-multiplier": 1.0, **overrides})
+                "act-noise-multiplier": 1.0, "split-transport": "flower", **overrides})  # killed between messages
     return raw
 
 

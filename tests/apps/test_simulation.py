@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from fedguard.apps.runtime import dataset_splits
+from fedguard.runtime import dataset_splits
 from fedguard.data.batches import tokenize
 from fedguard.model.loading import ModelSpec, load_tokenizer, resolve_model_source
 from tests.apps.flwr_harness import flwr_run

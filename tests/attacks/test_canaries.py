@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
-from fedguard.apps.runtime import run_data
+from fedguard.runtime import run_data
 from fedguard.attacks.canaries import (
     candidate_codes,
     canary_exposure,

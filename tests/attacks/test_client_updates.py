@@ -17,8 +17,11 @@ from fedguard.attacks.run_dir import RunDirError
 from fedguard.cli import main
 from tests.attacks.tiny_run import run_tiny, save_tiny_bert
 
+# Clients in lock-step (one Flower message per exchange): in the in-process loopback the stream transport runs
+# the clients one after the other, which changes what the server half has seen when each client trains.
 SETTINGS = {"split-layer": 1, "label-protection": "u-shape", "num-server-rounds": 2, "local-steps": 48,
-            "batch-size": 8, "learning-rate": 0.01, "exchange-batches": 1, "capture-activations": 4}
+            "batch-size": 8, "learning-rate": 0.01, "exchange-batches": 1, "capture-activations": 4,
+            "split-transport": "flower"}
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from fedguard.apps import runtime
-from fedguard.apps.capture import ActivationCapture, trained_rows_path
+from fedguard import runtime
+from fedguard.outputs.capture import ActivationCapture, trained_rows_path
 from fedguard.config import MAX_CANARIES, ConfigError, RunConfig
 from fedguard.data.batches import TokenBatch
 from fedguard.data.canaries import (

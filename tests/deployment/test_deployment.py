@@ -1,14 +1,12 @@
 """FedGuard on a real (loopback) deployment: TLS, SuperNode authentication, three SuperNodes, a crash.
 
 One SuperLink with TLS and ``--enable-supernode-auth`` and three registered SuperNodes (own partition, own
-``ledger-path``) run two FedGuard rounds with ``flwr run . <connection>``. During round 1, as soon as the
-third SuperNode has sent its first reply (its activations), its whole process tree is SIGKILLed: the server
-must time that client out (or get Flower's node-unavailable error for it), finish round 1 with the other
-two (``min-fit-clients=2``) and round 2 without it, and record it in ``clients_dropped``. A SuperNode whose
-key was never registered is refused.
-
-Deployment messages cost seconds each (a fresh ClientApp process per message), so the run is tiny:
-2 local steps in one chunk -> 2 exchanges per round.
+``ledger-path``) run two FedGuard rounds with ``flwr run . <connection>`` on the default transport: one Flower
+message per client per round, the 24 batches of each client's round over the ServerApp's data plane. During
+round 1, as soon as the third SuperNode's ClientApp has connected to the data plane, its whole process tree
+is SIGKILLed: the server must drop that client (its connection breaks), finish round 1 with the other two
+(``min-fit-clients=2``) and round 2 without it, and record it in ``clients_dropped``. A SuperNode whose key was
+never registered is refused.
 """
 
 from __future__ import annotations
@@ -17,13 +15,13 @@ import time
 
 import pytest
 
-from tests.deployment.loopback import ROOT, LoopbackDeployment, wait_for
+from fedguard.apps.local_deployment import ROOT, LoopbackDeployment, wait_for
 
 pytestmark = pytest.mark.slow
 
 NODES = 3
-RUN_CONFIG = {
-    "num-server-rounds": 2, "local-steps": 2, "exchange-batches": 2, "batch-size": 8, "eval-examples": 50,
+RUN_CONFIG = {  # the default transport: one Flower message per client per round, batches over the data plane
+    "num-server-rounds": 2, "local-steps": 24, "exchange-batches": 1, "batch-size": 8, "eval-examples": 50,
     "min-fit-clients": 2, "round-timeout": 150.0,
 }
 
@@ -52,12 +50,12 @@ def crashed_run(deployment):
     run = deployment.flwr_run(ROOT, {**RUN_CONFIG, "output-dir": str(out)})
     victim = nodes[-1]
 
-    def first_reply_sent() -> bool:
+    def victim_streaming() -> bool:
         if not run.alive():
-            raise RuntimeError(f"flwr run ended before the first exchange:\n{run.text()[-4000:]}")
-        return "Sent successfully" in victim.text()
+            raise RuntimeError(f"flwr run ended before the victim streamed:\n{run.text()[-4000:]}")
+        return f"data plane: node {ids[-1]} connected" in run.text()
 
-    wait_for(first_reply_sent, 240, "the third SuperNode's first reply")
+    wait_for(victim_streaming, 240, "the third SuperNode's ClientApp on the data plane")
     victim.kill()
     killed_at = time.monotonic()
     wait_for(lambda: not run.alive(), 480, "the run to finish after the crash", interval=0.5)
@@ -75,7 +73,7 @@ def test_two_rounds_finish_over_tls_with_authenticated_supernodes(crashed_run):
         assert 0.0 <= entry["accuracy"] <= 1.0
         assert entry["bytes_up"] > 0 and entry["bytes_down"] > 0
         assert entry["aggregated"] and entry["clients_aggregated"] == 2, entry
-        assert entry["exchanges"] == 2, entry
+        assert entry["exchanges"] == 24 + 1 and entry["transport"] == "stream", entry
     assert "final_accuracy" in metrics and metrics["initial"]["eval_examples"] == 50
     assert (crashed_run["out"] / "adapter" / "adapter_config.json").exists()
 
@@ -94,7 +92,8 @@ def test_dropped_client_is_reported_once_under_its_own_node_id(crashed_run):
     first = crashed_run["metrics"]["rounds"][0]
     victim = crashed_run["victim"]
     assert set(first["clients_dropped"]) == {victim}, first["clients_dropped"]
-    assert "unavailable" in first["clients_dropped"][victim].lower(), first["clients_dropped"]
+    reason = first["clients_dropped"][victim].lower()
+    assert "data plane" in reason or "unavailable" in reason, first["clients_dropped"]
 
 
 def test_unregistered_supernode_is_refused(deployment):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedguard.data.batches import TokenBatch
-from fedguard.mechanisms.dp_sgd import DPClientHalfTrainer
+from fedguard.training.dp_trainers import DPClientHalfTrainer
 from fedguard.protocol.messages import ActivationBatch
 from fedguard.training.client_half import ClientHalfTrainer
 from fedguard.training.objectives import IGNORE, batch_loss, example_losses
@@ -104,7 +104,7 @@ def test_dp_per_example_gradients_include_the_head_and_match_single_example_auto
 def test_dp_middle_per_example_gradients_equal_single_example_autograd(name, padded_batch):
     """Whole-model DP-SGD in the U-shape: the middle blocks' per-example gradients, from the client's
     per-example d loss / d top rows, equal each example's own gradient through the unsplit model."""
-    from fedguard.mechanisms.dp_sgd import DPMiddleTrainer, private_mean_gradient
+    from fedguard.training.dp_trainers import DPMiddleTrainer
     from fedguard.protocol.messages import DpStep
 
     ids, mask = padded_batch

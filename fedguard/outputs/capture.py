@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from fedguard.apps.atomic_write import write_bytes_atomic
+from fedguard.outputs.atomic_write import write_bytes_atomic
 from fedguard.config import RunConfig
 from fedguard.data.batches import TokenBatch
 from fedguard.data.canaries import CANARY_ROW

@@ -1,4 +1,5 @@
-"""A secured FedGuard deployment on 127.0.0.1, started with the scripts in ``simulations/deploy/``.
+"""A secured FedGuard deployment on 127.0.0.1, started with the scripts in ``simulations/deploy/`` (used by the
+deployment tests and the deployment benchmarks; needs a source checkout).
 
 One SuperLink with TLS (certificates from ``make-certs.sh``) and SuperNode authentication, SuperNodes with
 their own keys, partitions and ledger paths, and ``flwr run . <connection>`` against it. Everything runs with
@@ -23,7 +24,7 @@ from typing import Callable
 from fedguard.apps.local_run import free_port
 from fedguard.apps.local_run import toml_value as _toml_value
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the source checkout (its simulations/deploy scripts)
 SCRIPTS = ROOT / "simulations" / "deploy"
 BIN = Path(sys.executable).parent
 CONNECTION = "fedguard-loopback"
