@@ -7,7 +7,7 @@ import pytest
 from fedguard.cli import main
 
 COMMANDS = [[], ["privacy"], ["privacy", "epsilon"], ["privacy", "sigma"], ["privacy", "ledger"], ["attack"],
-            ["report"]]
+            ["report"], ["check"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "fedguard")
@@ -28,5 +28,5 @@ def test_top_level_help_names_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for command in ("privacy", "attack", "report"):
+    for command in ("privacy", "attack", "report", "check"):
         assert f"\n  {command} " in text

@@ -99,11 +99,11 @@ class LoopbackDeployment:
             raise RuntimeError(f"{name} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
 
-    def _spawn(self, name: str, command: list[str]) -> Process:
+    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> Process:
         log = self.logs / f"{name}.log"
         handle = open(log, "w")  # noqa: SIM115 - closed when the process is reaped at close()
-        popen = subprocess.Popen([str(c) for c in command], env=self.env, stdout=handle, stderr=subprocess.STDOUT,
-                                 start_new_session=True, cwd=self.workdir)
+        popen = subprocess.Popen([str(c) for c in command], env={**self.env, **(env or {})}, stdout=handle,
+                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=self.workdir)
         handle.close()
         proc = Process(name, popen, log)
         self.processes.append(proc)
@@ -131,9 +131,10 @@ class LoopbackDeployment:
             self.script("register-supernode.sh", CONNECTION, f"{key}.pub")
         return key
 
-    def start_supernode(self, name: str, key: Path, node_config: str) -> Process:
+    def start_supernode(self, name: str, key: Path, node_config: str, env: dict[str, str] | None = None) -> Process:
+        """A SuperNode (and the ClientApp processes it starts) with ``env`` added to the deployment's."""
         return self._spawn(name, [str(SCRIPTS / "start-supernode.sh"), self.address, self.certs / "ca.crt", key,
-                                  node_config, free_port()])
+                                  node_config, free_port()], env)
 
     @staticmethod
     def node_id(node: Process) -> str | None:

@@ -24,7 +24,7 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequ
     out = []
     try:
         for prompt in prompts:
-            ids = torch.tensor([prompt_token_ids(tokenizer, prompt)])
+            ids = torch.tensor([prompt_token_ids(tokenizer, prompt)], device=next(model.parameters()).device)
             generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                        max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                        eos_token_id=end_of_response_id(tokenizer))

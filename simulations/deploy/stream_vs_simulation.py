@@ -58,8 +58,12 @@ def deploy(name: str, config: dict, work: Path) -> dict:
     deployment = LoopbackDeployment(work / name)
     try:
         deployment.start_superlink()
+        # One machine stands in for NODES + 1: give each SuperNode's ClientApp one compute thread, as the
+        # simulation gives each client one CPU (client-resources-num-cpus=1; Ray sets OMP_NUM_THREADS=1).
         nodes = [deployment.start_supernode(f"sn{i}", deployment.new_key(f"sn{i}"),
-                                            f"partition-id={i} num-partitions={NODES}") for i in range(NODES)]
+                                            f"partition-id={i} num-partitions={NODES}",
+                                            env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+                 for i in range(NODES)]
         for node in nodes:
             deployment.wait_connected(node)
         out = deployment.workdir / "run"
@@ -79,6 +83,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30, help="local-steps (one batch per exchange)")
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--chunked", action="store_true", help="also the fallback with exchange-batches=local-steps")
+    parser.add_argument("--only", nargs="+", default=None, help="run only these variants (sim-stream is always run)")
     args = parser.parse_args()
     base = {"num-server-rounds": args.rounds, "local-steps": args.steps, "exchange-batches": 1,
             "eval-examples": args.eval_examples, "min-fit-clients": NODES, "round-timeout": 300.0}
@@ -90,6 +95,8 @@ def main() -> int:
                 ("deploy-stream", deploy, {"split-transport": "stream"})]
         if args.chunked:
             plan.append(("sim-flower-chunked", simulate, {"split-transport": "flower", "exchange-batches": args.steps}))
+        if args.only:
+            plan = [p for p in plan if p[0] in args.only or p[0] == "sim-stream"]
         for name, runner, extra in plan:
             started = time.perf_counter()
             rows.append(runner(name, {**base, **extra}, work))
