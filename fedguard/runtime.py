@@ -44,48 +44,6 @@ Examples = TextDataset | InstructionDataset
 
 
 @dataclass
-class SplitRuntime:
-    """The loaded model cut in two, each half wrapped with its LoRA adapter.
-
-    ``u_shape``: the client half also holds the head (:meth:`ClientHalf.head`) and the server half is the
-    middle blocks only. ``task_model`` is the whole model; the halves are views over it, so with both
-    adapters loaded it is the joined model (used to generate text). Every tensor of the model lives on
-    ``device``; ``precision`` (``fp32`` | ``bf16``) is what trainers and :meth:`logits` compute in.
-    """
-
-    tokenizer: PreTrainedTokenizerBase
-    family: Family
-    client: nn.Module
-    server: nn.Module
-    hidden_size: int
-    num_blocks: int
-    task_model: nn.Module
-    task: str
-    u_shape: bool
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    precision: str = "fp32"
-
-    def encode(self, data: Examples, indices: list[int], max_length: int) -> TokenBatch:
-        """Tokenize examples ``indices`` of ``data`` for this task (labels ``[B]`` or ``[B, T]``), on CPU."""
-        return _encode(self.tokenizer, self.task, data, indices, max_length)
-
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The joined model's logits: ``server(client(x))``, or ``client.head(server(client(x)))`` (U-shape).
-
-        Inputs may be on any device; the logits are on :attr:`device`, float32 in ``fp32`` (bfloat16
-        possible in ``bf16``)."""
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        with autocast(self.device, self.precision):
-            hidden = self.server(self.client(input_ids, attention_mask), attention_mask)
-            return unwrapped(self.client).head(hidden, attention_mask) if self.u_shape else hidden
-
-    def eval_batches(self, data: Examples, max_length: int, batch_size: int = 64) -> list[TokenBatch]:
-        """``data`` in batches of similar length (less padding; the metrics do not depend on the order)."""
-        order = np.argsort([len(text) for text in data.text], kind="stable").tolist()
-        return [self.encode(data, order[i:i + batch_size], max_length) for i in range(0, len(order), batch_size)]
-
-
-@dataclass
 class ClientRuntime:
     """What a ClientApp process needs: the client half with its LoRA adapter, on ``device``.
 
@@ -110,6 +68,34 @@ class ClientRuntime:
     def encode(self, data: Examples, indices: list[int], max_length: int) -> TokenBatch:
         """Tokenize examples ``indices`` of ``data`` for this task (labels ``[B]`` or ``[B, T]``), on CPU."""
         return _encode(self.tokenizer, self.task, data, indices, max_length)
+
+
+@dataclass
+class SplitRuntime(ClientRuntime):
+    """The loaded model cut in two, each half wrapped with its LoRA adapter.
+
+    ``u_shape``: the client half also holds the head (:meth:`ClientHalf.head`) and the server half is the
+    middle blocks only. ``task_model`` is the whole model; the halves are views over it, so with both
+    adapters loaded it is the joined model (used to generate text). Every tensor of the model lives on
+    ``device``; ``precision`` (``fp32`` | ``bf16``) is what trainers and :meth:`logits` compute in.
+    """
+
+    server: nn.Module = field(kw_only=True)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The joined model's logits: ``server(client(x))``, or ``client.head(server(client(x)))`` (U-shape).
+
+        Inputs may be on any device; the logits are on :attr:`device`, float32 in ``fp32`` (bfloat16
+        possible in ``bf16``)."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        with autocast(self.device, self.precision):
+            hidden = self.server(self.client(input_ids, attention_mask), attention_mask)
+            return unwrapped(self.client).head(hidden, attention_mask) if self.u_shape else hidden
+
+    def eval_batches(self, data: Examples, max_length: int, batch_size: int = 64) -> list[TokenBatch]:
+        """``data`` in batches of similar length (less padding; the metrics do not depend on the order)."""
+        order = np.argsort([len(text) for text in data.text], kind="stable").tolist()
+        return [self.encode(data, order[i:i + batch_size], max_length) for i in range(0, len(order), batch_size)]
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, task: str, data: Examples, indices: list[int],
@@ -144,8 +130,8 @@ def split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, seed: i
         client = attach_lora(client, lora, family)
         server = attach_lora(server, lora, family)
     place(torch.device(device), model, client, server)
-    return SplitRuntime(tokenizer, family, client, server, model.config.hidden_size, num_blocks(model), model,
-                        spec.task, u_shape, torch.device(device), precision)
+    return SplitRuntime(tokenizer, family, client, model.config.hidden_size, num_blocks(model), model, spec.task,
+                        u_shape, torch.device(device), precision, server=server)
 
 
 @functools.lru_cache(maxsize=2)

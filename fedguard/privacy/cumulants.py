@@ -133,6 +133,18 @@ def _grid(sigma: float, q: float):
     return x, wq, phi0, phi1, u, loss
 
 
+def _cumulants(wq: np.ndarray, dens: np.ndarray, loss: np.ndarray,
+               mean: float) -> tuple[float, float, float, float]:
+    """(k1, k2, k3, k4) of ``loss`` under density ``dens`` on quadrature weights ``wq``, given its mean (each
+    caller integrates the mean in the form that is accurate for its mechanism); higher ones via central moments."""
+    d = loss - mean
+    d2 = d * d
+    m2 = float(wq @ (dens * d2))
+    m3 = float(wq @ (dens * d2 * d))
+    m4 = float(wq @ (dens * d2 * d2))
+    return (mean, m2, m3, m4 - 3.0 * m2 * m2)
+
+
 @lru_cache(maxsize=4096)
 def pllr_cumulants(sigma: float, q: float) -> PllrCumulants:
     """Cumulants of one step's PLLR for noise multiplier ``sigma`` (> 0) and sampling rate q in (0, 1].
@@ -151,16 +163,8 @@ def pllr_cumulants(sigma: float, q: float) -> PllrCumulants:
     dens_alt = (1.0 - q) * phi0 + q * phi1
     g_null = np.where(moderate, phi0 * _series_log1pmx(w), loss * phi0 - q * (phi1 - phi0))
     g_alt = np.where(moderate, phi0 * _series_xlog1p_mx(w), loss * dens_alt - q * (phi1 - phi0))
-    out = []
-    for dens, g in ((phi0, g_null), (dens_alt, g_alt)):
-        mean = float(wq @ g)
-        d = loss - mean
-        d2 = d * d
-        m2 = float(wq @ (dens * d2))
-        m3 = float(wq @ (dens * d2 * d))
-        m4 = float(wq @ (dens * d2 * d2))
-        out.append((mean, m2, m3, m4 - 3.0 * m2 * m2))
-    return PllrCumulants(tuple(out[0]), tuple(out[1]))  # type: ignore[arg-type]
+    return PllrCumulants(_cumulants(wq, phi0, loss, float(wq @ g_null)),
+                         _cumulants(wq, dens_alt, loss, float(wq @ g_alt)))
 
 
 def expected_exp_loss(sigma: float, q: float) -> float:
@@ -216,13 +220,5 @@ def pllr_cumulants_replace_one(sigma: float, q: float) -> PllrCumulants:
     log1mq, logq = math.log1p(-q), math.log(q)
     loss = (np.logaddexp(log1mq, logq + (2.0 * x - 1.0) / (2.0 * s2))
             - np.logaddexp(log1mq, logq + (-2.0 * x - 1.0) / (2.0 * s2)))
-    out = []
-    for dens in (dens_q, dens_p):
-        mean = float(wq @ (dens * loss))
-        d = loss - mean
-        d2 = d * d
-        m2 = float(wq @ (dens * d2))
-        m3 = float(wq @ (dens * d2 * d))
-        m4 = float(wq @ (dens * d2 * d2))
-        out.append((mean, m2, m3, m4 - 3.0 * m2 * m2))
-    return PllrCumulants(tuple(out[0]), tuple(out[1]))  # type: ignore[arg-type]
+    return PllrCumulants(_cumulants(wq, dens_q, loss, float(wq @ (dens_q * loss))),
+                         _cumulants(wq, dens_p, loss, float(wq @ (dens_p * loss))))

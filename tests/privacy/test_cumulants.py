@@ -82,3 +82,24 @@ def test_addition_and_scaling():
 def test_rejects_bad_parameters(sigma, q):
     with pytest.raises(ValueError):
         pllr_cumulants(sigma, q)
+
+
+def test_replace_one_pair_is_symmetric_and_tends_to_its_gaussian_closed_form():
+    from fedguard.privacy.cumulants import pllr_cumulants_replace_one
+
+    c = pllr_cumulants_replace_one(1.0, 0.05)
+    # L under P has the law of -L under Q: odd cumulants flip sign, even ones agree.
+    assert c.alt[0] == pytest.approx(-c.null[0], rel=1e-6) and c.alt[1] == pytest.approx(c.null[1], rel=1e-6)
+    near = pllr_cumulants_replace_one(1.0, 1 - 1e-9)
+    exact = pllr_cumulants_replace_one(1.0, 1.0)  # sensitivity 2: L ~ N(+-2, 4)
+    assert exact.alt[:2] == (2.0, 4.0)
+    assert near.alt[0] == pytest.approx(exact.alt[0], rel=1e-4) and near.alt[1] == pytest.approx(exact.alt[1], rel=1e-4)
+
+
+def test_replace_one_edgeworth_estimate_tracks_the_certified_bound():
+    from fedguard.privacy import EdgeworthAccountant, MechanismEvent
+
+    acc = EdgeworthAccountant.from_events([MechanismEvent("dp-sgd", noise_multiplier=1.0, sample_rate=0.01,
+                                                          steps=1000, relation="replace-one")])
+    result = acc.epsilon(1e-5, warn=False)
+    assert abs(result.epsilon_estimate - result.epsilon_certified) < 0.1 * result.epsilon_certified
