@@ -24,6 +24,7 @@ ACTIVATION_COMPRESSIONS = ("none", "int8", "topk")  # see fedguard/protocol/wire
 SPLIT_TRANSPORTS = ("stream", "flower")  # see fedguard/apps/transports.py
 DEVICE_SETTING = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")  # checked against the machine by fedguard/model/device.py
 PRECISIONS = ("fp32", "bf16")
+ACTIVATION_REUSE = ("none", "round", "run")  # how often an example's noised release is redrawn (see below)
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,14 @@ class RunConfig:
     act_noise_multiplier: float = 0.0
     dchi_eta: float = 0.0
     dchi_token_clip: float = 1.0
+    # Defences at the cut (docs/defences.md). bottleneck-dim: learned H -> k map on the client, k -> H on the
+    # server, trained with the noise in the loop (0 = off). activation-reuse: "none" (fresh noise for every
+    # release), "round" or "run" (an example's noised release is drawn once per round / once per run and sent
+    # again unchanged; needs a frozen bottom: split-layer 0, no bottleneck). dcor-weight: distance-correlation
+    # penalty between each example's input token embeddings and what it sends (empirical, no guarantee).
+    bottleneck_dim: int = 0
+    activation_reuse: str = "none"
+    dcor_weight: float = 0.0
     label_epsilon: float = 0.0
     label_protection: str = "auto"
     max_epsilon: float = 0.0
@@ -268,6 +277,22 @@ class RunConfig:
              "model has no privacy guarantee to budget")
         need(not (self.max_activation_epsilon > 0 and not (self.act_noise_multiplier > 0 or self.dchi_eta > 0)),
              "max-activation-epsilon needs act-noise-multiplier > 0 or dchi-eta > 0")
+        need(self.bottleneck_dim >= 0, f"bottleneck-dim={self.bottleneck_dim}: must be >= 0 (0 = off; at most "
+             "the model's hidden size, checked when the model is loaded)")
+        need(self.activation_reuse in ACTIVATION_REUSE,
+             f"activation-reuse={self.activation_reuse!r}: allowed {', '.join(ACTIVATION_REUSE)}")
+        need(not (self.activation_reuse != "none" and not self.activation_noise_enabled),
+             f"activation-reuse={self.activation_reuse!r} reuses noised releases: it needs act-noise-multiplier > 0 "
+             "or dchi-eta > 0")
+        need(not (self.activation_reuse != "none" and (self.split_layer != 0 or self.bottleneck_dim > 0)),
+             f"activation-reuse={self.activation_reuse!r} needs a client bottom that does not train (split-layer=0 "
+             f"and bottleneck-dim=0; got split-layer={self.split_layer}, bottleneck-dim={self.bottleneck_dim}): "
+             "resending one noise draw over a changing representation would leak the change")
+        need(_finite(self.dcor_weight) and self.dcor_weight >= 0,
+             f"dcor-weight={self.dcor_weight}: must be a finite number >= 0 (0 = off)")
+        need(not (self.dcor_weight > 0 and self.split_layer == 0 and self.bottleneck_dim == 0),
+             "dcor-weight > 0 needs something the client trains below the cut (split-layer > 0 or bottleneck-dim > 0):"
+             " at split-layer 0 without a bottleneck what is sent does not depend on any trainable weight")
         need(self.accountant in ACCOUNTANTS, f"accountant={self.accountant!r}: allowed {', '.join(ACCOUNTANTS)}")
 
     @property

@@ -9,7 +9,9 @@ Each process loads only what it runs, where it runs it:
 
 * :func:`client_runtime` (ClientApp): the client half only — embeddings and blocks ``0..split-layer-1``
   (plus the final norm and head in the U-shaped split) with the client adapter, on run-config ``device``.
-  The server's blocks (and, without the U shape, the head) are dropped right after loading.
+  Only those blocks are read from the checkpoint (a model built with ``split-layer`` blocks); the server's
+  blocks are never loaded (a ``.gguf`` file is the exception: loaded whole, then the server's part is
+  dropped). Without the U shape the head is loaded and dropped right after the split.
 * :func:`server_runtime` (ServerApp): the whole model, split, with both adapters (the server evaluates the
   joined model), on run-config ``server-device``.
 * :func:`runtime_for`: the whole model on the CPU in fp32 (tools, tests and the attack harness).
@@ -21,7 +23,7 @@ import ctypes
 import functools
 import gc
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -36,7 +38,7 @@ from fedguard.data.instructions import InstructionDataset, load_instruction_spli
 from fedguard.data.partition import PartitionScheme, partition_indices
 from fedguard.data.sources import DatasetSplits, TextDataset, load_dataset_splits
 from fedguard.model.device import autocast, resolve_device
-from fedguard.model.loading import ModelSpec, load_task_model, load_tokenizer
+from fedguard.model.loading import ModelSpec, can_load_first_blocks, load_first_blocks, load_task_model, load_tokenizer
 from fedguard.model.lora import LoraSettings, attach_lora, check_targets_exist, unwrapped
 from fedguard.model.split import Family, family_of, num_blocks, split_model
 
@@ -49,9 +51,11 @@ class ClientRuntime:
 
     ``client`` has the same module and parameter names as :attr:`SplitRuntime.client` (so its adapter is the
     whole runtime's client adapter, name for name, and merges with the server's). ``task_model`` is the
-    loaded model *with the server's part removed* — blocks ``split-layer..N-1`` and, without the U shape,
-    the final norm/pooler and the task head — so it holds only the client half's weights; it cannot run
-    as a whole model. ``num_blocks`` is the whole model's count.
+    model as loaded for the client *without the server's part* — blocks ``split-layer..N-1`` were never
+    loaded (or, from a GGUF file, removed after loading) and, without the U shape, the final norm/pooler and
+    the task head are removed — so it holds only the client half's weights; it cannot run as a whole model
+    (its config is the checkpoint's, ``N`` blocks). ``num_blocks`` and ``family.num_blocks`` are the whole
+    model's count.
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -64,6 +68,11 @@ class ClientRuntime:
     u_shape: bool
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
+
+    @property
+    def cut_width(self) -> int:
+        """Width of what crosses the split per token: ``bottleneck-dim`` if set, else :attr:`hidden_size`."""
+        return unwrapped(self.client).cut_width
 
     def encode(self, data: Examples, indices: list[int], max_length: int) -> TokenBatch:
         """Tokenize examples ``indices`` of ``data`` for this task (labels ``[B]`` or ``[B, T]``), on CPU."""
@@ -115,7 +124,8 @@ def model_spec(config: RunConfig, num_labels: int) -> ModelSpec:
 
 @functools.lru_cache(maxsize=2)
 def split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, seed: int,
-                  u_shape: bool = False, device: str = "cpu", precision: str = "fp32") -> SplitRuntime:
+                  u_shape: bool = False, device: str = "cpu", precision: str = "fp32",
+                  bottleneck_dim: int = 0) -> SplitRuntime:
     """Load, split and LoRA-wrap the whole model, then place it on ``device`` (a resolved torch device
     string: ``cpu``, ``cuda``, ``cuda:N``). LoRA's initial A matrices are drawn with ``seed`` (on the CPU,
     before placement, so they do not depend on the device)."""
@@ -124,7 +134,7 @@ def split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, seed: i
     model = load_task_model(spec, tokenizer.pad_token_id)
     family = family_of(model)
     check_targets_exist(model, lora, family)
-    client, server = split_model(model, split_layer, u_shape=u_shape)
+    client, server = split_model(model, split_layer, u_shape=u_shape, bottleneck_dim=bottleneck_dim, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         client = attach_lora(client, lora, family)
@@ -136,28 +146,54 @@ def split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, seed: i
 
 @functools.lru_cache(maxsize=2)
 def client_split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, seed: int, u_shape: bool = False,
-                         device: str = "cpu", precision: str = "fp32") -> ClientRuntime:
-    """Load and split the model, drop the server's part (:func:`drop_server_part`), LoRA-wrap the client half
-    (same ``seed``, so the same initial adapter as :func:`split_runtime`'s) and place it on ``device``."""
+                         device: str = "cpu", precision: str = "fp32", bottleneck_dim: int = 0) -> ClientRuntime:
+    """Load the client half only, LoRA-wrap it (same ``seed``, so the same initial adapter as
+    :func:`split_runtime`'s) and place it on ``device``.
+
+    The model is built with its first ``split_layer`` blocks only by
+    :func:`fedguard.model.loading.load_first_blocks` (at least one: a ``split-layer = 0`` client runs none;
+    all of them for a ``split_layer`` past the last, which :func:`split_model` then rejects), which reads
+    only their tensors from the checkpoint: the server's blocks are never in this process's memory. Then,
+    as for the whole model, it is split at ``split_layer``, and without the U shape the final norm/pooler
+    and head it does not run (loaded: they are small, except a causal LM's untied ``lm_head``) are dropped
+    (:func:`drop_server_part`). The client half has the whole model's module names, weights and outputs
+    (and, seeded alike, the same new classification head); ``num_blocks`` and ``family.num_blocks`` are the
+    whole model's count.
+
+    A ``.gguf`` checkpoint cannot be read in part (transformers dequantises the file whole): it is loaded
+    whole, split, and the server's part is dropped before the adapter is attached, so this process's peak
+    memory is the whole model's.
+    """
     quiet_libraries()
     tokenizer = load_tokenizer(spec)
-    model = load_task_model(spec, tokenizer.pad_token_id)
-    family = family_of(model)
+    if can_load_first_blocks(spec) and split_layer >= 0:  # out of range: split_model raises SplitError below
+        first = load_first_blocks(spec, split_layer, tokenizer.pad_token_id)
+        model, total = first.model, first.num_blocks
+    else:
+        first, model = None, load_task_model(spec, tokenizer.pad_token_id)
+        total = num_blocks(model)
+    family = family_of(model)  # of the model as loaded: its num_blocks is what the block list holds
     check_targets_exist(model, lora, family)
-    client, _ = split_model(model, split_layer, u_shape=u_shape)  # the server view is dropped at once
+    client, _ = split_model(model, split_layer, u_shape=u_shape,  # the server view is dropped at once
+                            bottleneck_dim=bottleneck_dim, seed=seed)
     drop_server_part(model, family, split_layer, u_shape)
-    release_freed_memory()  # the server's blocks are unreachable now: give their memory back
+    if first is None:
+        release_freed_memory()  # the server's blocks are unreachable now: give their memory back
+    else:
+        first.restore_config()  # the checkpoint's config again, as the blocks of a whole load see it
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         client = attach_lora(client, lora, family)
     place(torch.device(device), model, client)
-    return ClientRuntime(tokenizer, family, client, model.config.hidden_size, family.num_blocks, model, spec.task,
-                         u_shape, torch.device(device), precision)
+    family = replace(family, num_blocks=total)  # the whole model's Family, as split_runtime's
+    return ClientRuntime(tokenizer, family, client, model.config.hidden_size, total, model, spec.task, u_shape,
+                         torch.device(device), precision)
 
 
 def drop_server_part(model: nn.Module, family: Family, split_layer: int, u_shape: bool) -> None:
-    """Remove from ``model`` what only the server runs: blocks ``split_layer..N-1`` and, without the U shape,
-    the modules after the blocks (final norm, pooler) and the task head. Names of what is kept do not change.
+    """Remove from ``model`` what only the server runs: blocks ``split_layer..N-1`` (if it was loaded with
+    them) and, without the U shape, the modules after the blocks (final norm, pooler) and the task head.
+    Names of what is kept do not change.
 
     Safe after :func:`split_model`: the client half's views hold their own block lists and stand-ins, so it
     never reaches what is removed here (a causal LM's head tied to the token embeddings keeps the shared
@@ -212,7 +248,7 @@ def runtime_for(config: RunConfig, num_labels: int) -> SplitRuntime:
     """The whole split model on the CPU in fp32 (tools, tests, attacks), whatever ``device`` says (the same
     cached object as :func:`server_runtime` for a CPU server in fp32)."""
     return split_runtime(model_spec(config, num_labels), config.split_layer, lora_settings(config), config.seed,
-                         config.u_shape, "cpu", "fp32")  # every argument positional: one lru_cache key
+                         config.u_shape, "cpu", "fp32", config.bottleneck_dim)  # all positional: one lru_cache key
 
 
 def server_runtime(config: RunConfig, num_labels: int) -> SplitRuntime:
@@ -220,7 +256,7 @@ def server_runtime(config: RunConfig, num_labels: int) -> SplitRuntime:
     Raises :class:`fedguard.model.device.DeviceError` at once for a CUDA device this machine lacks."""
     device = resolve_device(config.server_device, "server-device")
     return split_runtime(model_spec(config, num_labels), config.split_layer, lora_settings(config), config.seed,
-                         config.u_shape, str(device), config.precision)
+                         config.u_shape, str(device), config.precision, config.bottleneck_dim)
 
 
 def client_runtime(config: RunConfig, num_labels: int) -> ClientRuntime:
@@ -228,7 +264,7 @@ def client_runtime(config: RunConfig, num_labels: int) -> ClientRuntime:
     Raises :class:`fedguard.model.device.DeviceError` at once for a CUDA device this machine lacks."""
     device = resolve_device(config.device, "device")
     return client_split_runtime(model_spec(config, num_labels), config.split_layer, lora_settings(config),
-                                config.seed, config.u_shape, str(device), config.precision)
+                                config.seed, config.u_shape, str(device), config.precision, config.bottleneck_dim)
 
 
 @functools.lru_cache(maxsize=4)

@@ -7,7 +7,17 @@ knob at a time around a base configuration:
 * ``act``: activation noise ``act-noise-multiplier`` σ at a fixed ``act-clip-norm`` C (local Gaussian on the
   hidden states; certified ``epsilon_activation``);
 * ``dp``: DP-SGD ``dp-noise-multiplier`` over the whole split model (certified ``epsilon_model_certified``, against third parties);
-* ``split``: the split layer (no noise).
+* ``split``: the split layer (no noise);
+* ``bottleneck``: the learned bottleneck at the cut (``bottleneck-dim`` k) with per-sequence clip-and-noise on
+  its k dimensions, trained with the noise in the loop (DP-Forward style; certified ``epsilon_activation``);
+* ``dchi``: SAP-style d_χ noise on the token embeddings (split 0), each example noised once per run and resent
+  (``activation-reuse = run``; certified pure ``epsilon_activation``);
+* ``dcor``: the bottleneck point at ``--dcor-sigma`` plus the distance-correlation penalty (no guarantee);
+* ``--point NAME:key=value,...`` adds any configuration by hand (repeatable).
+
+``--seeds 1,2,3`` runs every point once per seed; the tables and ``OUT/frontier.csv`` give mean ± std over
+seeds. The frontier plot ``OUT/frontier.png`` draws accuracy against the best attack's content-token recovery
+(the maximum over every inversion attack the harness runs).
 
 Writes ``OUT/sweep.csv``, ``OUT/accuracy_vs_epsilon.png`` (accuracy against the certified ε of the release
 each point protects; points without a guarantee are drawn at the right edge, marked "none"),
@@ -19,6 +29,8 @@ release and the best attack, cost as client compute and bytes per round, side by
     python simulations/privacy_sweep.py --quick --out /tmp/sweep-check           # one tiny point, to check it runs
     python simulations/privacy_sweep.py --axes dp --canaries 16 --canary-repeats 8  # + label-flip canary memorisation
     python simulations/privacy_sweep.py --axes act --act-sigmas 0,0.05,0.2       # one axis, chosen values
+    python simulations/privacy_sweep.py --axes none --seeds 1,2,3 \
+        --point "k16-s0.3:bottleneck-dim=16,act-clip-norm=6,act-noise-multiplier=0.3"   # one point, 3 seeds
 """
 
 from __future__ import annotations
@@ -36,12 +48,13 @@ from fedguard.attacks.inversion import InverterSettings
 from fedguard.attacks.report import AttackOptions, attack_run
 from fedguard.privacy.certified import gaussian_epsilon
 
-FIELDS = ["point", "split_layer", "act_clip_norm", "act_noise_multiplier", "dp_noise_multiplier", "accuracy",
-          "epsilon_model_certified", "epsilon_activation", "nn_recovery", "learned_recovery",
-          "prior_recovery", "rouge_l", "membership_auc", "membership_calibrated_auc", "membership_tpr_at_1pct",
-          "epsilon_activation_per_release", "client_update_auc", "client_seconds_per_round", "mb_per_round",
-          "canary_flip_gap", "canary_margin_z",
-          "run_seconds", "attack_seconds"]
+FIELDS = ["point", "seed", "overrides", "split_layer", "act_clip_norm", "act_noise_multiplier", "dp_noise_multiplier",
+          "bottleneck_dim", "dchi_eta", "dcor_weight", "activation_reuse", "accuracy",
+          "epsilon_model_certified", "epsilon_activation", "epsilon_server_certified", "nn_recovery",
+          "learned_recovery", "best_recovery", "best_attack", "best_recovery_above_prior", "sentiment_recovery",
+          "exact_match", "prior_recovery", "rouge_l", "membership_auc", "membership_calibrated_auc",
+          "membership_tpr_at_1pct", "epsilon_activation_per_release", "client_update_auc", "client_seconds_per_round",
+          "mb_per_round", "canary_flip_gap", "canary_margin_z", "run_seconds", "attack_seconds"]
 
 
 @dataclass(frozen=True)
@@ -54,10 +67,44 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _parse_point(text: str) -> Point:
+    """``NAME:key=value,key=value`` (run-config keys; numbers parsed as numbers) -> a :class:`Point`."""
+    name, sep, body = text.partition(":")
+    if not sep or not name.strip():
+        raise SystemExit(f"--point {text!r}: expected NAME:key=value,...")
+    overrides: dict = {}
+    for part in filter(None, (p.strip() for p in body.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise SystemExit(f"--point {text!r}: {part!r} is not key=value")
+        for cast in (int, float):
+            try:
+                overrides[key.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            overrides[key.strip()] = value.strip().strip("'\"")
+    overrides.setdefault("split-layer", 2)
+    return Point(name.strip(), overrides)
+
+
 def sweep_points(args: argparse.Namespace) -> list[Point]:
     """The runs of the sweep: the base config, then one knob at a time (duplicates of the base dropped)."""
     base = {"split-layer": args.split_layer}
-    points = [Point("base", base)]
+    points = [Point("base", base)] if not args.no_base else []
+    k, clip = args.bottleneck_dim, args.bottleneck_clip
+    if "bottleneck" in args.axes:
+        points += [Point(f"k={k},sigma={s:g}", {**base, "bottleneck-dim": k, "act-clip-norm": clip,
+                                                 "act-noise-multiplier": s}) for s in _floats(args.bottleneck_sigmas)]
+    if "dcor" in args.axes:
+        points += [Point(f"k={k},sigma={args.dcor_sigma:g},dcor={w:g}", {
+            **base, "bottleneck-dim": k, "act-clip-norm": clip, "act-noise-multiplier": args.dcor_sigma,
+            "dcor-weight": w}) for w in _floats(args.dcor_weights) if w > 0]
+    if "dchi" in args.axes:
+        points += [Point(f"dchi-eta={e:g}", {"split-layer": 0, "dchi-eta": e, "dchi-token-clip": args.dchi_token_clip,
+                                             "activation-reuse": args.dchi_reuse}) for e in _floats(args.dchi_etas)]
+    points += [_parse_point(text) for text in args.point]
     if "act" in args.axes:
         points += [Point(f"act-sigma={s:g}", {**base, "act-clip-norm": args.act_clip_norm, "act-noise-multiplier": s})
                    for s in _floats(args.act_sigmas) if s > 0]
@@ -70,6 +117,43 @@ def sweep_points(args: argparse.Namespace) -> list[Point]:
     return points[:1] if args.quick else points
 
 
+def per_release_epsilon(config: dict, delta: float) -> float | None:
+    """Certified ε of ONE release of one example's activations (replace-one, same token length): Gaussian with
+    sensitivity 2C and std σC -> ``gaussian_epsilon(2/σ, δ)``; d_χ -> pure 2·η·C·max-length; None without noise."""
+    sigma, clip = config.get("act-noise-multiplier", 0.0), config.get("act-clip-norm", 0.0)
+    if sigma > 0 and clip > 0:
+        return gaussian_epsilon(2.0 / sigma, delta)
+    eta = config.get("dchi-eta", 0.0)
+    if eta > 0:
+        return 2.0 * eta * config.get("dchi-token-clip", 1.0) * config.get("max-length", 64)
+    return None
+
+
+def _inversion_metrics(report: dict) -> dict:
+    """Best inversion attack over everything the harness ran (its ``best`` block when present)."""
+    inversion = {name: entry for name, entry in report.items() if "inversion" in name}
+    best: dict = {"best_recovery": None, "best_attack": None, "best_recovery_above_prior": None,
+                  "sentiment_recovery": None, "exact_match": None, "rouge_l": None}
+    for name, entry in inversion.items():
+        metrics = entry.get("metrics", {})
+        blocks = [metrics.get("best")] if isinstance(metrics.get("best"), dict) else []
+        blocks += [m for m in metrics.values() if isinstance(m, dict) and "content_token_recovery_rate" in m]
+        blocks.append(metrics)
+        for block in blocks:
+            if not block:
+                continue
+            recovery = block.get("content_token_recovery_rate")
+            if recovery is not None and (best["best_recovery"] is None or recovery > best["best_recovery"]):
+                best["best_recovery"], best["best_attack"] = recovery, block.get("attack", name)
+            for key, field in (("best_recovery_above_prior", "content_token_recovery_above_prior"),
+                               ("sentiment_recovery", "sentiment_token_recovery"), ("exact_match", "exact_match"),
+                               ("rouge_l", "rouge_l_f1")):
+                value = block.get(field)
+                if isinstance(value, (int, float)) and (best[key] is None or value > best[key]):
+                    best[key] = value
+    return best
+
+
 def _last(rounds: list[dict], key: str) -> float | None:
     values = [r.get(key) for r in rounds if r.get(key) is not None]
     return values[-1] if values else None
@@ -77,7 +161,7 @@ def _last(rounds: list[dict], key: str) -> float | None:
 
 def run_point(point: Point, args: argparse.Namespace) -> dict:
     """One `flwr run` and the attacks on it; a CSV row."""
-    folder = (args.out / point.name).resolve()
+    folder = (args.out / f"{point.name}-seed{args.seed}").resolve()
     run_dir = folder / "run"
     config = {"num-server-rounds": args.rounds, "local-steps": args.local_steps, "batch-size": args.batch_size,
               "eval-examples": args.eval_examples, "capture-activations": args.capture, "seed": args.seed,
@@ -86,10 +170,11 @@ def run_point(point: Point, args: argparse.Namespace) -> dict:
     if args.model:
         config["model"] = args.model
     started = time.perf_counter()
-    result = flwr_run(folder, config, num_supernodes=args.supernodes, timeout=args.timeout)
-    (folder / "flwr.log").write_text(result.stdout + result.stderr)
-    run_seconds = time.perf_counter() - started
     metrics_path = run_dir / "metrics.json"
+    if not (args.resume_points and metrics_path.is_file()):  # --resume-points: reuse a finished run
+        result = flwr_run(folder, config, num_supernodes=args.supernodes, timeout=args.timeout)
+        (folder / "flwr.log").write_text(result.stdout + result.stderr)
+    run_seconds = time.perf_counter() - started
     if not metrics_path.is_file() or not json.loads(metrics_path.read_text()).get("rounds"):
         raise RuntimeError(f"{point.name}: the run failed (no rounds in {metrics_path}); see {folder / 'flwr.log'}")
     started = time.perf_counter()
@@ -98,30 +183,36 @@ def run_point(point: Point, args: argparse.Namespace) -> dict:
     report = attack_run(run_dir, "all", options)["attacks"]
     attack_seconds = time.perf_counter() - started
     metrics = json.loads(metrics_path.read_text())
-    nn, learned, member = (report[k]["metrics"] for k in ("nn-inversion", "learned-inversion", "membership"))
+    nn, learned, member = (report.get(k, {}).get("metrics", {}) for k in ("nn-inversion", "learned-inversion",
+                                                                          "membership"))
     update = report.get("client-update-membership", {}).get("metrics", {})
     canary = report.get("label-flip-memorisation", {}).get("metrics")  # with --canaries
     rounds = metrics["rounds"]
-    sigma, clip = config.get("act-noise-multiplier", 0.0), config.get("act-clip-norm", 0.0)
+    best = _inversion_metrics(report)
     return {
         "point": point.name,
+        "seed": args.seed,
+        "overrides": json.dumps(point.overrides, sort_keys=True),
         "split_layer": config["split-layer"],
         "act_clip_norm": config.get("act-clip-norm", 0.0),
         "act_noise_multiplier": config.get("act-noise-multiplier", 0.0),
         "dp_noise_multiplier": config.get("dp-noise-multiplier", 0.0),
+        "bottleneck_dim": config.get("bottleneck-dim", 0),
+        "dchi_eta": config.get("dchi-eta", 0.0),
+        "dcor_weight": config.get("dcor-weight", 0.0),
+        "activation_reuse": config.get("activation-reuse", "none"),
         "accuracy": metrics["final_accuracy"],
         "epsilon_model_certified": _last(metrics["rounds"], "epsilon_model_certified"),
         "epsilon_activation": _last(metrics["rounds"], "epsilon_activation"),
-        "nn_recovery": nn["content_token_recovery_rate"],
-        "learned_recovery": learned["content_token_recovery_rate"],
-        "prior_recovery": learned["prior_baseline"]["content_token_recovery_rate"],
-        "rouge_l": max(nn["rouge_l_f1"], learned["rouge_l_f1"]),
+        "epsilon_server_certified": _last(metrics["rounds"], "epsilon_server_certified"),
+        "nn_recovery": nn.get("content_token_recovery_rate"),
+        "learned_recovery": learned.get("content_token_recovery_rate"),
+        **best,
+        "prior_recovery": (learned.get("prior_baseline") or {}).get("content_token_recovery_rate"),
         "membership_auc": member["loss-threshold"]["auc"],
         "membership_calibrated_auc": member["calibrated"]["auc"],
         "membership_tpr_at_1pct": member["loss-threshold"]["tpr_at_fpr"],
-        # One release of one example's hidden states: Gaussian, sensitivity 2C (replace-one), std sigma*C.
-        "epsilon_activation_per_release": (gaussian_epsilon(2.0 / sigma, metrics["rounds"][-1]["privacy_delta"])
-                                           if sigma > 0 and clip > 0 else None),
+        "epsilon_activation_per_release": per_release_epsilon(config, metrics["rounds"][-1]["privacy_delta"]),
         "client_update_auc": update.get("isolated-update-difference", {}).get("auc"),
         "client_seconds_per_round": sum(r["client_seconds"] for r in rounds) / len(rounds),
         "mb_per_round": sum(r["bytes_up"] + r["bytes_down"] for r in rounds) / len(rounds) / 1e6,
@@ -133,8 +224,34 @@ def run_point(point: Point, args: argparse.Namespace) -> dict:
 
 
 def best_recovery(row: dict) -> float:
-    """The better of the two inversions' content-token recovery (0 when neither ran)."""
-    return max(row["nn_recovery"] or 0.0, row["learned_recovery"] or 0.0)
+    """The best inversion attack's content-token recovery (0 when none ran)."""
+    return max(row.get("best_recovery") or 0.0, row["nn_recovery"] or 0.0, row["learned_recovery"] or 0.0)
+
+
+def frontier_rows(rows: list[dict]) -> list[dict]:
+    """One row per point: mean and std over its seeds of accuracy and best recovery (std 0 for one seed)."""
+    import statistics
+
+    out = []
+    for name in dict.fromkeys(r["point"] for r in rows):
+        mine = [r for r in rows if r["point"] == name]
+
+        def stats(values: list[float]) -> tuple[float, float]:
+            return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+        acc, acc_sd = stats([r["accuracy"] for r in mine])
+        rec, rec_sd = stats([best_recovery(r) for r in mine])
+        last = mine[-1]
+        out.append({"point": name, "seeds": len(mine), "accuracy_mean": acc, "accuracy_std": acc_sd,
+                    "best_recovery_mean": rec, "best_recovery_std": rec_sd,
+                    "sentiment_recovery": last.get("sentiment_recovery"), "best_attack": last.get("best_attack"),
+                    "epsilon_activation_per_release": last["epsilon_activation_per_release"],
+                    "epsilon_activation": last["epsilon_activation"],
+                    "epsilon_server_certified": last["epsilon_server_certified"],
+                    "epsilon_model_certified": last["epsilon_model_certified"],
+                    "client_seconds_per_round": last["client_seconds_per_round"],
+                    "mb_per_round": last["mb_per_round"], "overrides": last["overrides"]})
+    return out
 
 
 def _fmt(value: object) -> str:
@@ -146,32 +263,33 @@ def _fmt(value: object) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    columns = ["point", "accuracy", "epsilon_model_certified", "epsilon_activation", "nn_recovery",
-               "learned_recovery", "prior_recovery", "rouge_l", "membership_auc", "membership_tpr_at_1pct"]
+    columns = ["point", "seed", "accuracy", "epsilon_activation", "epsilon_server_certified", "epsilon_model_certified",
+               "best_recovery", "best_attack", "sentiment_recovery", "prior_recovery", "rouge_l", "membership_auc"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def summary_table(rows: list[dict]) -> str:
-    """GuardedTuning-style: per configuration, utility, privacy (certified ε per release / in total and the
-    best attack's success) and cost (client compute and bytes per round), side by side."""
-    def pct(value: float | None) -> str:
-        return "none" if value is None else f"{100 * value:.1f}%"
+    """GuardedTuning-style, one line per point (mean ± std over seeds): utility, privacy (certified ε against the
+    server per release and over the run, the best attack's content-token recovery) and cost (client compute
+    and bytes per round)."""
+    def pct(mean: float | None, std: float = 0.0, seeds: int = 1) -> str:
+        if mean is None:
+            return "none"
+        return f"{100 * mean:.1f}%" + (f" ± {100 * std:.1f}" if seeds > 1 else "")
 
-    header = ("| configuration | accuracy | ε activations, per release (δ = run's dp-delta) | "
-              "ε adapter, whole run (certified, δ = run's dp-delta) | "
-              "best token recovery (prior) | best membership AUC (released model / client update) | "
+    header = ("| configuration | seeds | accuracy | ε vs server, one release | ε vs server, activations over the run | "
+              "ε vs server, all (labels etc.) | best token recovery (attack) | sentiment-word recovery | "
               "client s / round | MB / round |")
-    lines = [header, "|" + "---|" * 8]
-    for row in rows:
-        recovery = best_recovery(row)
-        update = row.get("client_update_auc")
+    lines = [header, "|" + "---|" * 10]
+    for row in frontier_rows(rows):
         lines.append(
-            f"| {row['point']} | {pct(row['accuracy'])} | {_fmt(row['epsilon_activation_per_release'])} | "
-            f"{_fmt(row['epsilon_model_certified'])} | {pct(recovery)} ({pct(row['prior_recovery'])}) | "
-            f"{row['membership_auc']:.3f} / {'n/a' if update is None else f'{update:.3f}'} | "
-            f"{row['client_seconds_per_round']:.1f} | {row['mb_per_round']:.1f} |")
+            f"| {row['point']} | {row['seeds']} | {pct(row['accuracy_mean'], row['accuracy_std'], row['seeds'])} | "
+            f"{_fmt(row['epsilon_activation_per_release'])} | {_fmt(row['epsilon_activation'])} | "
+            f"{_fmt(row['epsilon_server_certified'])} | "
+            f"{pct(row['best_recovery_mean'], row['best_recovery_std'], row['seeds'])} ({row['best_attack']}) | "
+            f"{pct(row['sentiment_recovery'])} | {row['client_seconds_per_round']:.1f} | {row['mb_per_round']:.1f} |")
     return "\n".join(lines)
 
 
@@ -230,13 +348,30 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     second = out / "attack_vs_accuracy.png"
     fig.savefig(second, dpi=120)
     plt.close(fig)
-    return [first, second]
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in frontier_rows(rows):
+        ax.errorbar(row["best_recovery_mean"], row["accuracy_mean"], xerr=row["best_recovery_std"],
+                    yerr=row["accuracy_std"], fmt="o", ms=4, capsize=2)
+        ax.annotate(row["point"], (row["best_recovery_mean"], row["accuracy_mean"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.axvline(0.10, color="grey", lw=0.5, ls="--")
+    ax.set_xlabel("best attack: content-token recovery (max over attacks)")
+    ax.set_ylabel("final accuracy (mean ± std over seeds)")
+    ax.set_xlim(0, 1.02)
+    ax.set_title("Privacy-utility frontier (goal: left of 10%, within 3 points of the base)")
+    fig.tight_layout()
+    third = out / "frontier.png"
+    fig.savefig(third, dpi=120)
+    plt.close(fig)
+    return [first, second, third]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/privacy-sweep"))
-    parser.add_argument("--axes", default="act,dp,split", help="comma-separated subset of act,dp,split")
+    parser.add_argument("--axes", default="bottleneck,dchi,dcor",
+                        help="comma-separated subset of act,dp,split,bottleneck,dchi,dcor (or none)")
     parser.add_argument("--act-clip-norm", type=float, default=30.0,
                         help="C for the activation points (the MiniLM hidden states of one SST-2 example at "
                              "split 0-4 have L2 norm ~30 (median))")
@@ -244,10 +379,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dp-sigmas", default="0.6,1.0,2.0")
     parser.add_argument("--splits", default="0,1,4")
     parser.add_argument("--split-layer", type=int, default=2, help="split of the base point and the noise points")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--local-steps", type=int, default=20)
+    parser.add_argument("--bottleneck-dim", type=int, default=16, help="k of the bottleneck points")
+    parser.add_argument("--bottleneck-clip", type=float, default=6.0,
+                        help="act-clip-norm C of the bottleneck points (per sequence, on the k dims)")
+    parser.add_argument("--bottleneck-sigmas", default="0.1,0.3,1.0")
+    parser.add_argument("--dcor-weights", default="1.0")
+    parser.add_argument("--dcor-sigma", type=float, default=0.3, help="activation noise of the dcor points")
+    parser.add_argument("--dchi-etas", default="300,1000")
+    parser.add_argument("--dchi-token-clip", type=float, default=1.0)
+    parser.add_argument("--dchi-reuse", default="run", help="activation-reuse of the d_chi points")
+    parser.add_argument("--point", action="append", default=[], metavar="NAME:key=value,...",
+                        help="an extra configuration (run-config overrides; repeatable)")
+    parser.add_argument("--no-base", action="store_true", help="do not run the base (no-defence) point")
+    parser.add_argument("--seeds", default="", help="comma-separated seeds; every point runs once per seed")
+    parser.add_argument("--resume-points", action="store_true",
+                        help="reuse finished runs found in --out (attacks are run again)")
+    parser.add_argument("--rounds", type=int, default=6, help="as the non-private default")
+    parser.add_argument("--local-steps", type=int, default=30, help="as the non-private default")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--eval-examples", type=int, default=300)
+    parser.add_argument("--eval-examples", type=int, default=0, help="0 = the whole dev split")
     parser.add_argument("--supernodes", type=int, default=3)
     parser.add_argument("--capture", type=int, default=64, help="capture-activations per client")
     parser.add_argument("--max-examples", type=int, default=512)
@@ -268,22 +418,29 @@ def main(argv: list[str] | None = None) -> int:
         args.supernodes, args.capture, args.max_examples, args.public_examples, args.epochs = 2, 8, 32, 64, 2
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or [args.seed]
     for point in sweep_points(args):
-        print(f"== {point.name}: {point.overrides}", flush=True)
-        rows.append(run_point(point, args))
-        with (args.out / "sweep.csv").open("w", newline="") as handle:  # rewritten after every point
-            writer = csv.DictWriter(handle, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        last = rows[-1]
-        print(f"   accuracy {last['accuracy']:.4f}, inversion "
-              f"{best_recovery(last):.3f}, "
-              f"membership AUC {last['membership_auc']:.3f}", flush=True)
+        for seed in seeds:
+            args.seed = seed
+            print(f"== {point.name} (seed {seed}): {point.overrides}", flush=True)
+            rows.append(run_point(point, args))
+            with (args.out / "sweep.csv").open("w", newline="") as handle:  # rewritten after every run
+                writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+            last = rows[-1]
+            print(f"   accuracy {last['accuracy']:.4f}, best inversion {best_recovery(last):.3f} "
+                  f"({last['best_attack']}), membership AUC {last['membership_auc']:.3f}", flush=True)
+    frontier = frontier_rows(rows)
+    with (args.out / "frontier.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(frontier[0]))
+        writer.writeheader()
+        writer.writerows(frontier)
     figures = plot(rows, args.out)
     print(markdown_table(rows))
     print()
     print(summary_table(rows))
-    print(f"\nwrote {args.out / 'sweep.csv'}, {', '.join(str(f) for f in figures)}")
+    print(f"\nwrote {args.out / 'sweep.csv'}, {args.out / 'frontier.csv'}, {', '.join(str(f) for f in figures)}")
     return 0
 
 

@@ -41,6 +41,9 @@ def test_pyproject_run_config_is_valid_and_complete():
     ("max-epsilon", 8.0, "max-epsilon needs DP-SGD"),
     ("act-noise-multiplier", 1.0, "needs act-clip-norm > 0"),
     ("accountant", "moments", "allowed edgeworth, pld, rdp"),
+    ("bottleneck-dim", -1, "bottleneck-dim=-1: must be >= 0"),
+    ("activation-reuse", "sometimes", "allowed none, round, run"),
+    ("dcor-weight", -1.0, "dcor-weight=-1.0: must be a finite number >= 0"),
 ])
 def test_bad_values_are_rejected_with_the_key_and_the_allowed_range(key, value, message):
     raw = {**_app_config(), key: value}
@@ -95,3 +98,9 @@ def test_noise_multiplier_and_target_epsilon_are_exclusive():
     with pytest.raises(ConfigError, match="both set"):
         RunConfig.from_run_config({"dp-noise-multiplier": 1.0, "dp-target-epsilon": 8.0})
     assert RunConfig.from_run_config({"dp-target-epsilon": 8.0}).dp_enabled
+
+
+def test_the_decorrelation_penalty_needs_something_trainable_below_the_cut():
+    with pytest.raises(ConfigError, match="dcor-weight > 0 needs something the client trains below the cut"):
+        RunConfig.from_run_config({**_app_config(), "split-layer": 0, "dcor-weight": 1.0})
+    RunConfig.from_run_config({**_app_config(), "split-layer": 0, "dcor-weight": 1.0, "bottleneck-dim": 8})

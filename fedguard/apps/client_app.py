@@ -56,14 +56,16 @@ class _ClientSession:
         self.privacy = ClientPrivacy(self.config, context, len(self.shard))
         self.wire_dtype = WIRE_DTYPES[self.config.activation_dtype]
         self.codec = ActivationCodec(self.config.activation_compression, self.config.activation_topk, self.wire_dtype)
+        defences = {"precision": self.config.precision, "decorrelation": self.config.dcor_weight,
+                    "deterministic": self.config.activation_reuse != "none"}
         if self.privacy.dp is not None:  # whole-model DP-SGD: the client part, noise std σ·C (σ·C/C_c × C_c)
             self.trainer: ClientHalfTrainer = DPClientHalfTrainer(
                 self.runtime.client, self.config.learning_rate, self.privacy.dp.client_noise_multiplier,
                 self.config.dp_max_grad_norm, self.privacy.expected_batch_size, freeze_lora_a,
-                self.privacy.activation, precision=self.config.precision)
+                self.privacy.activation, **defences)
         else:
             self.trainer = ClientHalfTrainer(self.runtime.client, self.config.learning_rate, freeze_lora_a,
-                                             self.privacy.activation, precision=self.config.precision)
+                                             self.privacy.activation, **defences)
         self.lengths = shard_word_counts(self.shard) if self.config.group_by_length else None
 
     def plan(self, server_round: int) -> list[list[int]]:
@@ -120,7 +122,8 @@ class _ClientSession:
         (already on the client's ledger) and, for the server, its DP-SGD parameters. ``on_recorded`` runs once
         the spending is recorded, before anything is returned for sending."""
         batches, seeds, indices = self.chunk(server_round, start)
-        hidden = self.trainer.send(batches, seeds, keep_graph=keep_graph)
+        hidden = self.trainer.send(batches, seeds, keep_graph=keep_graph,
+                                   noise_keys=self.privacy.noise_keys(indices, server_round))
         if self.config.capture_activations > 0:
             rows = shard_rows(self.config, self.partition_id, self.num_partitions, self.local_dataset)
             sent = [self.codec.roundtrip(h) for h in hidden]  # what the server decodes, not what was computed
@@ -152,14 +155,16 @@ class _ClientSession:
         content[proto.PRIVACY] = proto.encode_privacy(self.privacy.client_id, [])
         return content
 
-    def shapes(self, batches: list[TokenBatch]) -> list[tuple[int, int, int]]:
-        return [(b.input_ids.shape[0], b.input_ids.shape[1], self.runtime.hidden_size) for b in batches]
+    def shapes(self, batches: list[TokenBatch], width: int) -> list[tuple[int, int, int]]:
+        """``[batch, seq, width]`` per batch: ``width`` is the cut's (gradients) or the hidden size (U-shape tops)."""
+        return [(b.input_ids.shape[0], b.input_ids.shape[1], width) for b in batches]
 
     def stream_round(self, server_round: int, plane: ConfigRecord) -> RecordDict:
         """Stream transport: the whole round over one data-plane connection, one chunk per exchange, the
         adapter and optimiser in memory and (one batch per chunk) each batch's autograd graph kept from the up
         leg to the down leg, so nothing is recomputed. Returns the final reply for Flower."""
-        limits = frames.limits_for(max_batch(self.config), self.config.max_length, self.runtime.hidden_size)
+        limits = frames.limits_for(max_batch(self.config), self.config.max_length,
+                                   max(self.runtime.hidden_size, self.runtime.cut_width))
         node_id = int(self.context.node_id)
         keep = self.config.exchange_batches == 1
         examples, start = 0, 0
@@ -173,13 +178,13 @@ class _ClientSession:
                 tops = None
                 if self.config.u_shape:
                     mark = time.perf_counter()
-                    tops = proto.decode_top_hidden(down, self.shapes(batches)).hidden
+                    tops = proto.decode_top_hidden(down, self.shapes(batches, self.runtime.hidden_size)).hidden
                     grads_up = self.trainer.top_gradients(batches, seeds, tops)
                     reply = proto.encode_top_gradients(
                         proto.TopGradientChunk(grads_up, time.perf_counter() - mark), self.wire_dtype)
                     reply[proto.PRIVACY] = proto.encode_privacy(self.privacy.client_id, [])
                     down = link.exchange(reply)
-                grads = proto.decode_gradients(down, self.shapes(batches))
+                grads = proto.decode_gradients(down, self.shapes(batches, self.runtime.cut_width))
                 mark = time.perf_counter()
                 self.trainer.apply_gradients(batches, seeds, grads.gradients, tops)
                 examples += sum(int(b.labels.shape[0]) for b in batches)
@@ -229,18 +234,18 @@ def exchange(msg: Message, context: Context) -> Message:
         progress = session.restore()
         server_round, start = int(progress["round"]), int(progress["chunk-start"])
         batches, seeds, _ = session.chunk(server_round, start)
-        shapes = [(b.input_ids.shape[0], b.input_ids.shape[1], session.runtime.hidden_size) for b in batches]
+        top_shapes = session.shapes(batches, session.runtime.hidden_size)
         if proto.TOP_HIDDEN in msg.content.array_records:
             if not session.config.u_shape:
                 raise proto.ProtocolError("top hidden states arrived, but this run does not use the U-shaped split")
-            tops = proto.decode_top_hidden(msg.content, shapes).hidden
+            tops = proto.decode_top_hidden(msg.content, top_shapes).hidden
             state[_TOPS] = ArrayRecord(torch_state_dict={str(i): t for i, t in enumerate(tops)})
             grads_up = session.trainer.top_gradients(batches, seeds, tops)
             content = proto.encode_top_gradients(proto.TopGradientChunk(grads_up, time.perf_counter() - started),
                                                  session.wire_dtype)
             content[proto.PRIVACY] = proto.encode_privacy(session.privacy.client_id, [])
             return Message(content, reply_to=msg)
-        grads = proto.decode_gradients(msg.content, shapes)
+        grads = proto.decode_gradients(msg.content, session.shapes(batches, session.runtime.cut_width))
         tops = None
         if session.config.u_shape:
             if _TOPS not in state.array_records:

@@ -27,6 +27,7 @@ by default. The server binds each client id to the authenticated node that first
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ log = logging.getLogger("fedguard")
 _SECRET = "fedguard.secret"
 _LEDGER = "fedguard.ledger"
 _RELEASES = "fedguard.activation-releases"
+_DRAWN = "fedguard.activation-draw-period"  # activation-reuse: the period of each example's last noise draw
 _CALIBRATION_MARGIN = 1e-4  # σ is solved for target·(1 - margin), so rounding never refuses the planned last round
 
 
@@ -166,8 +168,15 @@ class ClientPrivacy:
         unamplified), and the randomised-response labels with the first chunk that carries labels."""
         counts = self._release_counts()
         before = int(counts.max(initial=0))
-        for batch in indices:
-            np.add.at(counts, np.asarray(batch, dtype=np.int64), 1)
+        if self.config.activation_reuse == "none":
+            for batch in indices:
+                np.add.at(counts, np.asarray(batch, dtype=np.int64), 1)
+        else:  # a resent draw is post-processing: only an example's first release in a period counts
+            drawn, period = self._draw_periods(), self._reuse_period(server_round)
+            for index in (i for batch in indices for i in batch):
+                if drawn[index] != period:
+                    drawn[index], counts[index] = period, counts[index] + 1
+            self.context.state[_DRAWN] = ArrayRecord(numpy_ndarrays=[drawn])
         self.context.state[_RELEASES] = ArrayRecord(numpy_ndarrays=[counts])
         releases = int(counts.max(initial=0)) - before
         events = []
@@ -183,6 +192,23 @@ class ClientPrivacy:
                 and not self.ledger.events(self.client_id, "label-rr")):
             events.append(label_event(self.config.label_epsilon, server_round))
         return events
+
+    def noise_keys(self, indices: list[list[int]], server_round: int) -> list[list[int]] | None:
+        """``activation-reuse``: one secret 63-bit key per example of each batch (shard indices ``indices``),
+        the same for every release of an example within a period (the run, or the round), so its noise is
+        drawn once per period; None without reuse (fresh noise for every release)."""
+        if self.config.activation_reuse == "none":
+            return None
+        period = self._reuse_period(server_round)
+        return [[_noise_key(self.secret, index, period) for index in batch] for batch in indices]
+
+    def _reuse_period(self, server_round: int) -> int:
+        return 0 if self.config.activation_reuse == "run" else server_round
+
+    def _draw_periods(self) -> np.ndarray:
+        record = self.context.state.array_records.get(_DRAWN)
+        drawn = None if record is None else record.to_numpy_ndarrays()[0].astype(np.int64)
+        return drawn if drawn is not None and drawn.shape == (self.shard_size,) else np.full(self.shard_size, -1)
 
     def _release_counts(self) -> np.ndarray:
         record = self.context.state.array_records.get(_RELEASES)
@@ -237,6 +263,12 @@ class ClientPrivacy:
                 return (f"activation budget: certified epsilon would reach {epsilon:.3f} > max-activation-epsilon "
                         f"{self.max_activation_epsilon:g} (delta={delta:g})")
         return None
+
+
+def _noise_key(secret: int, index: int, period: int) -> int:
+    """A 63-bit generator seed only the client can compute: BLAKE2b of (secret, example, period)."""
+    digest = hashlib.blake2b(f"{secret}:{index}:{period}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def _certified(events: list[MechanismEvent], delta: float) -> float:

@@ -65,7 +65,11 @@ def _body(config: RunConfig, metrics: Mapping[str, Any], base_model: str, num_cl
         f"A LoRA adapter for `{base_model}` ({config.task}) trained with federated split learning (FedGuard): "
         f"{num_clients} clients kept their data and the bottom {config.split_layer} block(s) of the model; the "
         "server trained the rest. The client and server adapters are merged here into one adapter for the "
-        "unsplit model.",
+        "unsplit model." + (
+            f" **This run had a learned {config.bottleneck_dim}-dimensional bottleneck at the cut** "
+            "(`bottleneck.safetensors`): the unsplit model with this adapter alone is not the trained model; "
+            "load both halves with FedGuard (`fedguard.runtime.runtime_for` with the run's config, then the "
+            "halves' adapters)." if config.bottleneck_dim else ""),
         "## Model Details\n\n### Model Description\n\n" + _bullets({
             "Base model": f"`{base_model}`",
             "Adapter": f"LoRA r={config.lora_r}, alpha={config.lora_alpha:g}, dropout={config.lora_dropout:g}, "

@@ -20,20 +20,37 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import nn
 
+from fedguard.model.bottleneck import CUT_MODULES
 from fedguard.model.lora import LoraSettings, TRAINABLE_HEADS, peft_config
 from fedguard.model.split import Family
 
 
 def save_adapters(out: Path, client: nn.Module, server: nn.Module, family: Family, lora: LoraSettings,
                   base_model: str) -> None:
-    """Save both halves' adapters and the merged whole-model adapter under ``out``."""
+    """Save both halves' adapters and the merged whole-model adapter under ``out``.
+
+    With a bottleneck at the cut (``bottleneck-dim``), its two maps are in the halves' adapters and, beside the
+    merged adapter, in ``adapter/bottleneck.safetensors`` (``cut_down.weight``, ``cut_up.weight``,
+    ``cut_up.bias``): the unsplit model has no place for them, so the merged adapter alone is NOT the trained
+    model there — load the halves with FedGuard (``fedguard.runtime``) instead.
+    """
     merged: dict = {}
     heads: set[str] = set()
+    cut: dict = {}
     for name, half in (("client_adapter", client), ("server_adapter", server)):
         if isinstance(half, PeftModel):
             half.save_pretrained(out / name)
-            merged.update(get_peft_model_state_dict(half))
+            for key, tensor in get_peft_model_state_dict(half).items():
+                module = next((m for m in CUT_MODULES if f".{m}." in f".{key}"), None)
+                if module is None:
+                    merged[key] = tensor
+                else:
+                    cut[f"{module}.{key.rsplit('.', 1)[-1]}"] = tensor
             heads |= set(half.peft_config["default"].modules_to_save or [])
+        else:
+            for module in CUT_MODULES:
+                for pname, p in getattr(half, module).named_parameters() if getattr(half, module, None) else ():
+                    cut[f"{module}.{pname}"] = p
     config = peft_config(lora, family, tuple(h for h in TRAINABLE_HEADS if h in heads))
     config.base_model_name_or_path = base_model
     config.task_type = "SEQ_CLS" if heads else None
@@ -42,6 +59,9 @@ def save_adapters(out: Path, client: nn.Module, server: nn.Module, family: Famil
     config.save_pretrained(str(folder))
     save_file({k: v.detach().contiguous() for k, v in merged.items()}, str(folder / "adapter_model.safetensors"),
               metadata={"format": "pt"})
+    if cut:
+        save_file({k: v.detach().cpu().contiguous() for k, v in cut.items()}, str(folder / "bottleneck.safetensors"),
+                  metadata={"format": "pt"})
 
 
 class SampleWriter:

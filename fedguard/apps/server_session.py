@@ -50,9 +50,9 @@ class ServerSession:
     """The server's side of one client's round (see the module docstring)."""
 
     def __init__(self, node: int, server_round: int, config: RunConfig, trainer: ServerHalfTrainer | MiddleTrainer,
-                 hidden_size: int, privacy: ServerPrivacy, wire_dtype, lock: threading.Lock,  # noqa: ANN001
+                 cut_width: int, privacy: ServerPrivacy, wire_dtype, lock: threading.Lock,  # noqa: ANN001
                  defer_middle_steps: bool) -> None:
-        self.node, self.server_round, self.config, self.hidden_size = node, server_round, config, hidden_size
+        self.node, self.server_round, self.config, self.cut_width = node, server_round, config, cut_width
         self.trainer, self.privacy, self.wire_dtype = trainer, privacy, wire_dtype
         self.lock, self.defer_middle_steps = lock, defer_middle_steps
         self.u_shape = isinstance(trainer, MiddleTrainer)
@@ -146,7 +146,7 @@ class ServerSession:
             return None
 
     def _activations(self, content: RecordDict) -> RecordDict | None:
-        chunk = proto.decode_activations(content, self.hidden_size, expect_labels=not self.u_shape)
+        chunk = proto.decode_activations(content, self.cut_width, expect_labels=not self.u_shape)
         if self.config.dp_enabled and chunk.dp is None:
             raise proto.ProtocolError("a DP-SGD run's chunk carries no DP-SGD parameters")
         self._client_time(chunk.client_seconds)
@@ -155,7 +155,7 @@ class ServerSession:
             if self.u_shape:
                 seeds = [self._middle_seed(j) for j in range(len(chunk.batches))]
                 tops = [self.trainer.forward(b, seed) for b, seed in zip(chunk.batches, seeds)]
-                self._pending = (chunk.batches, seeds, chunk.dp)
+                self._pending = (chunk.batches, seeds, chunk.dp, [tuple(t.shape) for t in tops])
                 return proto.encode_top_hidden(proto.TopHiddenChunk(tops), self.server_round, self.wire_dtype)
             outcomes = [self.trainer.train_batch(batch, chunk.dp) for batch in chunk.batches]
             self.stats.losses.extend(o.loss for o in outcomes if o.examples)
@@ -164,9 +164,9 @@ class ServerSession:
             self.stats.server_seconds += time.perf_counter() - started
 
     def _top_gradients(self, content: RecordDict) -> RecordDict:
-        batches, seeds, dp_step = self._pending
+        batches, seeds, dp_step, top_shapes = self._pending  # d loss / d top: the tops' shapes (hidden size)
         self._pending = None
-        tops = proto.decode_top_gradients(content, [tuple(b.hidden.shape) for b in batches])
+        tops = proto.decode_top_gradients(content, top_shapes)
         self._client_time(tops.client_seconds)
         started = time.perf_counter()
         results = [self.trainer.backward(b, seed, g, dp_step) for b, seed, g in zip(batches, seeds, tops.gradients)]

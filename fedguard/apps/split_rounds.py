@@ -116,7 +116,8 @@ class SplitRoundRunner:
         self.simulation = isinstance(grid, InMemoryGrid) or bool(getattr(grid, "simulation", False))
         self.on_batches: Callable[[int, int], None] | None = None  # (batches done, batches planned) per exchange
         self._lock = threading.Lock()  # one server half: sessions take turns, batches in arrival order
-        self.transport: SplitTransport = build_transport(grid, config, runtime.hidden_size, self.simulation)
+        self.transport: SplitTransport = build_transport(grid, config, max(runtime.hidden_size, runtime.cut_width),
+                                                          self.simulation)
         self.global_adapter = trainable_state(runtime.client)
         self.eval_batches = runtime.eval_batches(eval_data, config.max_length)
         self.wire_dtype = WIRE_DTYPES[config.activation_dtype]
@@ -147,7 +148,7 @@ class SplitRoundRunner:
         messages = list(self.strategy.configure_train(
             server_round, ArrayRecord(torch_state_dict=self.global_adapter), config, self.grid))
         sessions = {m.metadata.dst_node_id: ServerSession(
-            m.metadata.dst_node_id, server_round, self.config, self.server_trainer, self.runtime.hidden_size,
+            m.metadata.dst_node_id, server_round, self.config, self.server_trainer, self.runtime.cut_width,
             self.privacy, self.wire_dtype, self._lock, defer_middle_steps=self.transport.name == "flower")
             for m in messages}
         result = self.transport.run(messages, sessions, self.on_batches)

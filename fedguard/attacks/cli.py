@@ -13,14 +13,20 @@ __all__ = ["register"]
 
 def _cmd_attack(args: argparse.Namespace) -> int:
     from fedguard.attacks.inversion import InverterSettings
+    from fedguard.attacks.optimisation import OptimisationSettings
     from fedguard.attacks.report import REPORT_FILE, AttackOptions, attack_run
 
     if args.max_examples < 2 or args.public_examples < 1 or args.epochs < 1:
         raise ValueError("--max-examples must be >= 2, --public-examples and --epochs >= 1")
     if args.max_candidates < 1:
         raise ValueError(f"--max-candidates={args.max_candidates}: must be >= 1")
+    if args.opt_steps < 0 or args.opt_max_examples < 0 or args.opt_candidates < 0:
+        raise ValueError("--opt-steps, --opt-max-examples and --opt-candidates must be >= 0")
+    optimisation = replace(OptimisationSettings(), steps=args.opt_steps, max_examples=args.opt_max_examples,
+                           candidates=args.opt_candidates, seed=args.seed)
     options = AttackOptions(args.max_examples, args.public_examples, args.seed,
-                            replace(InverterSettings(), epochs=args.epochs, seed=args.seed), args.max_candidates)
+                            replace(InverterSettings(), epochs=args.epochs, seed=args.seed), args.max_candidates,
+                            optimisation)
     report = attack_run(Path(args.run_dir), args.attack, options)
     if args.json:
         print(json.dumps(report["attacks"]))
@@ -43,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "\"canaries=8\" (exposure).",
         description="Measure what a finished run leaks by attacking it:\n"
                     "  inversion      reconstruct client text from the captured activations (the server as\n"
-                    "                 adversary: nearest-neighbour and learned inversion)\n"
+                    "                 adversary: nearest-neighbour, learned (base and final client weights),\n"
+                    "                 averaged releases, optimisation; the verdict is their maximum)\n"
                     "  membership     tell training examples from others with the released model (loss-threshold\n"
                     "                 and calibrated)\n"
                     "  client-update  the same against single clients' updates, as the server sees them\n"
@@ -61,6 +68,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-candidates", type=int, default=10_000,
                         help="exposure: candidate secrets scored per canary; all of them when there are at most "
                              "this many, else a uniform sample and an estimated rank (default 10000)")
+    parser.add_argument("--opt-steps", type=int, default=40,
+                        help="optimisation inversion: Adam steps per batch of examples (default 40; 0 = keep the "
+                             "learned inverter's guess)")
+    parser.add_argument("--opt-max-examples", type=int, default=0,
+                        help="optimisation inversion: attack at most this many of the inverted examples (seeded "
+                             "sample; default 0 = all)")
+    parser.add_argument("--opt-candidates", type=int, default=32,
+                        help="optimisation inversion: candidate tokens per position, the learned inverter's best "
+                             "(default 32; 0 = the whole vocabulary from a uniform start: slow for large ones)")
     parser.add_argument("--seed", type=int, default=0, help="the attacker's sampling seed (default 0)")
     parser.add_argument("--json", action="store_true", help="print the attacks' report entries as JSON")
     parser.set_defaults(func=_cmd_attack)

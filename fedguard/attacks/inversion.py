@@ -1,7 +1,9 @@
 """Reconstructing a client's text from the hidden states it sent: the server as adversary.
 
 The honest-but-curious server receives, for every example, the hidden states after block ``split-layer``
-(after the client's clipping and noise, if any) and knows the base model. Two attacks:
+(after the client's clipping and noise, if any) and knows the base model, the client adapter it receives
+every round (and so the final one) and the mechanism. Attacks here (the optimisation attack is in
+:mod:`fedguard.attacks.optimisation`):
 
 * :func:`nearest_neighbour_inversion` — for a split at the embedding layer (``split-layer = 0``). What the
   client sends at position t is the embedding module's output for (token, position t), which the server can
@@ -10,13 +12,18 @@ The honest-but-curious server receives, for every example, the hidden states aft
   positive scale (the client's per-example clipping factor, and dropout's 1/(1-p)), the maximum-likelihood
   candidate ``argmax_v max_a p(y | a·c_v)`` is the one with the largest cosine ``y·c_v / |c_v|`` (up to
   the |y| term common to all candidates); plain L2 (``metric="l2"``) is thrown off by that scale. At a
-  deeper split it is still defined (it compares with layer-0 embeddings) but is only a weak heuristic.
+  deeper split it is still defined (it compares with layer-0 embeddings) but is only a weak heuristic. With a
+  bottleneck at the cut (the half's ``cut_down``, H → k) the candidates are passed through it (``project``).
 * :class:`LearnedInverter` — for deeper splits: the attacker passes *public* text (never a client's) through
-  the base model's client half, applies the run's own clip-and-noise mechanism to it (noise-aware attacker),
+  a client half (the base model's, or one with the run's final client adapter: any width, the half's own
+  forward), applies the run's own mechanism to it (Gaussian clip-and-noise or d_χ; noise-aware attacker),
   and trains a small per-position network mapping the hidden state at t (and its neighbours) to the token
   at t (:func:`train_learned_inverter`). Its output is tied to the model's token-embedding table (cosine
   against every row, learned temperature), so it scores tokens it never saw in the public text, plus a
   learned per-token bias (the prior it falls back on under noise).
+
+* :func:`average_releases` — the server sees every release of an example; with fresh noise each time, the
+  mean of k releases has 1/√k of the noise. Either attack then runs on the means.
 
 Both return, per example, the predicted token id at every position (``[T_i]`` long tensors), to be scored
 with :mod:`fedguard.attacks.metrics` against the true tokens.
@@ -34,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedguard.mechanisms.activations import ActivationPrivacy
+from fedguard.mechanisms.activations import ActivationMechanism, ActivationPrivacy
 from fedguard.model.split import family_of
 
 Metric = Literal["cosine", "l2"]
@@ -84,24 +91,51 @@ def _scores(received: torch.Tensor, candidates: torch.Tensor, metric: Metric) ->
 
 @torch.no_grad()
 def nearest_neighbour_inversion(hidden: Sequence[torch.Tensor], model: nn.Module, metric: Metric = "cosine",
-                                chunk: int = 4096) -> list[torch.Tensor]:
-    """For each received ``[T_i, H]`` tensor, the vocabulary token whose embedding at each position is the
+                                chunk: int = 4096, project: nn.Module | None = None) -> list[torch.Tensor]:
+    """For each received ``[T_i, W]`` tensor, the vocabulary token whose embedding at each position is the
     nearest to what was received (``metric``: ``"cosine"`` (default, see the module docstring) or ``"l2"``).
 
-    Returns one ``[T_i]`` long tensor of predicted token ids per example. Cost: one ``[V, H]`` candidate table
-    per position index and a ``[N_t, H] x [H, V]`` product for the N_t examples that reach position t.
+    ``project``: a map applied to every candidate before the comparison — the client half's bottleneck
+    ``cut_down`` (H → k) when it has one (:func:`cut_of`), so W = k. Returns one ``[T_i]`` long tensor of
+    predicted token ids per example. Cost: one ``[V, H]`` candidate table per position index and a
+    ``[N_t, W] x [W, V]`` product for the N_t examples that reach position t.
     """
     model.eval()
+    if project is not None:
+        project.eval()
     out = [torch.empty(h.shape[0], dtype=torch.long) for h in hidden]
     longest = max((h.shape[0] for h in hidden), default=0)
     for t in range(longest):
         who = [i for i, h in enumerate(hidden) if h.shape[0] > t]
         received = torch.stack([hidden[i][t] for i in who]).float()
         candidates = embedding_candidates(model, t).float()
+        if project is not None:
+            candidates = project(candidates).float()
         for start in range(0, len(who), chunk):
             best = _scores(received[start:start + chunk], candidates, metric).argmax(-1)
             for i, token in zip(who[start:start + chunk], best.tolist()):
                 out[i][t] = token
+    return out
+
+
+def cut_of(half: nn.Module | None) -> nn.Module | None:
+    """The bottleneck's ``cut_down`` (H → k) of a client half (inside peft's wrapper too), or None."""
+    if half is None:
+        return None
+    inner = half.get_base_model() if hasattr(half, "get_base_model") else half
+    cut = getattr(inner, "cut_down", None)
+    return cut if isinstance(cut, nn.Module) else None
+
+
+def average_releases(releases: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per example, the mean of its releases (each ``[T_i, W]``; a single release is returned as it is). With
+    independent noise the mean of k releases carries 1/√k of one release's noise; releases that are
+    bit-identical (the noise reused) average to that one release."""
+    out = []
+    for group in releases:
+        if not group:
+            raise ValueError("an example without any release")
+        out.append(group[0].float() if len(group) == 1 else torch.stack([r.float() for r in group]).mean(0))
     return out
 
 
@@ -161,6 +195,25 @@ class LearnedInverter(nn.Module):
         return F.normalize(self.net(features), dim=-1) @ table.T * self.log_scale.exp() + bias
 
     @torch.no_grad()
+    def top_candidates(self, hidden: Sequence[torch.Tensor], k: int,
+                       chunk: int = 2048) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per ``[T_i, W]`` tensor: the ``k`` most likely token ids at every position (``[T_i, k]``, best first)
+        and their log-probabilities (``[T_i, k]``, normalised over the whole vocabulary)."""
+        self.eval()
+        out = []
+        for h in hidden:
+            feats = self.features(h)
+            ids, logp = [], []
+            for s in range(0, len(feats), chunk):
+                scores = torch.log_softmax(self.logits(feats[s:s + chunk]), dim=-1)
+                top = scores.topk(min(k, scores.shape[-1]), dim=-1)
+                ids.append(top.indices)
+                logp.append(top.values)
+            out.append((torch.cat(ids), torch.cat(logp)) if ids else
+                       (torch.empty(0, k, dtype=torch.long), torch.empty(0, k)))
+        return out
+
+    @torch.no_grad()
     def predict(self, hidden: Sequence[torch.Tensor], chunk: int = 2048) -> list[torch.Tensor]:
         """The most likely token id at every position of each ``[T_i, H]`` tensor (one ``[T_i]`` tensor each)."""
         self.eval()
@@ -184,10 +237,13 @@ class PublicHidden:
 
 @torch.no_grad()
 def public_hidden_states(client_half: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                         privacy: ActivationPrivacy | None, views: int = 1, seed: int = 0) -> PublicHidden:
-    """Run the base client half on public ``(input_ids [B, T], attention_mask [B, T])`` batches as a client
-    would (train mode, so with its dropout), clip as the run's mechanism does, and strip the padding."""
-    client_half.train()
+                         privacy: ActivationMechanism | None, views: int = 1, seed: int = 0,
+                         train: bool = True) -> PublicHidden:
+    """Run a client half (the base model's, or one with the run's client adapter) on public ``(input_ids [B, T],
+    attention_mask [B, T])`` batches as a client would (``train``: train mode, so with its dropout; a client
+    whose bottom is deterministic — ``activation-reuse`` — runs without), clip as the run's mechanism does
+    (``privacy``: Gaussian or d_χ), and strip the padding."""
+    client_half.train(train)
     out = PublicHidden([[] for _ in range(views)], [])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -203,12 +259,19 @@ def public_hidden_states(client_half: nn.Module, batches: Sequence[tuple[torch.T
     return out
 
 
-def _noisy(states: list[torch.Tensor], privacy: ActivationPrivacy | None,
+def _noisy(states: list[torch.Tensor], privacy: ActivationMechanism | None,
            generator: torch.Generator) -> list[torch.Tensor]:
-    if privacy is None or privacy.noise_multiplier == 0:
+    """``states`` plus one fresh draw of the mechanism's noise each (Gaussian: N(0, (σC)²) per coordinate;
+    d_χ: per token). Both are independent across tokens, so all tokens are drawn in one call."""
+    if privacy is None or (isinstance(privacy, ActivationPrivacy) and privacy.noise_multiplier == 0):
         return states
-    scale = privacy.noise_multiplier * privacy.clip_norm
-    return [h + torch.randn(h.shape, generator=generator) * scale for h in states]
+    if isinstance(privacy, ActivationPrivacy):  # the historical draw order (keeps earlier results reproducible)
+        scale = privacy.noise_multiplier * privacy.clip_norm
+        return [h + torch.randn(h.shape, generator=generator) * scale for h in states]
+    lengths = [h.shape[0] for h in states]
+    joined = torch.cat(states).unsqueeze(0)
+    noise = privacy.noise(joined, torch.ones(joined.shape[:2], dtype=torch.long), generator)[0]
+    return [h + n for h, n in zip(states, noise.split(lengths))]
 
 
 def _training_candidates(targets: torch.Tensor, vocab: int, limit: int, generator: torch.Generator) -> torch.Tensor:
@@ -224,9 +287,10 @@ def _training_candidates(targets: torch.Tensor, vocab: int, limit: int, generato
     return torch.sort(torch.cat([seen, extra])).values
 
 
-def train_learned_inverter(public: PublicHidden, embedding: torch.Tensor, privacy: ActivationPrivacy | None,
+def train_learned_inverter(public: PublicHidden, embedding: torch.Tensor, privacy: ActivationMechanism | None,
                            settings: InverterSettings = InverterSettings()) -> LearnedInverter:
-    """Train a :class:`LearnedInverter` on the public hidden states, adding the run's noise afresh each epoch.
+    """Train a :class:`LearnedInverter` on the public hidden states, adding the run's noise (Gaussian or d_χ)
+    afresh each epoch.
 
     ``embedding``: the model's token-embedding table ``[V, H_e]`` (the output layer is tied to it).
     The per-epoch training loss (mean cross-entropy, nats) is appended to ``public.history``.

@@ -8,14 +8,15 @@ exactly as they left the client, with the true tokens) and every training row it
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 
-from fedguard.outputs.capture import CAPTURE_DIR
+from fedguard.outputs.capture import CAPTURE_DIR, load_capture_file
 from fedguard.config import RunConfig
-from fedguard.mechanisms.activations import ActivationPrivacy
+from fedguard.mechanisms.activations import ActivationMechanism, ActivationPrivacy
+from fedguard.mechanisms.embedding_dchi import EmbeddingDChi
 
 RERUN_HINT = ("re-run with capture-activations=N, e.g. flwr run . --run-config \"capture-activations=64\" "
               "(it records the first N examples each client sends and the rows it trains on)")
@@ -40,9 +41,11 @@ def load_run_config(run_dir: Path) -> RunConfig:
 class Captures:
     """Everything the clients sent that was captured, over all clients (one entry per example).
 
-    ``hidden[i]``: ``[T_i, H]`` float tensor exactly as sent (after clipping and noise, padding removed);
+    ``hidden[i]``: ``[T_i, W]`` float tensor exactly as sent the first time (after clipping and noise, padding
+    removed; W = hidden size or the bottleneck's k); ``releases[i]``: every captured release of that example,
+    the first included (a version-1 capture: the first only), and ``release_rounds[i]`` their rounds;
     ``input_ids[i]``: its true tokens ``[T_i]``; ``rows[i]``: its row in the run's training set;
-    ``partitions[i]``: the client that sent it; ``meta``: model, task, split layer and mechanism settings.
+    ``partitions[i]``: the client that sent it; ``meta``: model, task, split layer, mechanism and cut settings.
     """
 
     hidden: list[torch.Tensor]
@@ -50,6 +53,14 @@ class Captures:
     rows: list[int]
     partitions: list[int]
     meta: dict
+    releases: list[list[torch.Tensor]] = field(default_factory=list)
+    release_rounds: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.releases:
+            self.releases = [[h] for h in self.hidden]
+        if not self.release_rounds:
+            self.release_rounds = [[0] * len(r) for r in self.releases]
 
     def __len__(self) -> int:
         return len(self.hidden)
@@ -60,14 +71,41 @@ class Captures:
 
     @property
     def activation_privacy(self) -> ActivationPrivacy | None:
-        """The clip-and-noise mechanism the clients applied (None when activations were sent in clear)."""
-        clip = float(self.meta.get("act-clip-norm") or 0.0)
-        noise = float(self.meta.get("act-noise-multiplier") or 0.0)
-        return ActivationPrivacy(clip, noise) if clip > 0 else None
+        """The Gaussian clip-and-noise mechanism the clients applied (None when they applied none, or d_χ)."""
+        mechanism = activation_mechanism(self.meta)
+        return mechanism if isinstance(mechanism, ActivationPrivacy) else None
+
+    def mechanism(self, config: RunConfig | None = None) -> ActivationMechanism | None:
+        """The mechanism the clients applied to what they sent (:func:`activation_mechanism`)."""
+        return activation_mechanism(self.meta, config)
+
+    def release_counts(self) -> list[int]:
+        return [len(r) for r in self.releases]
 
     def subset(self, indices: list[int]) -> Captures:
         pick = lambda items: [items[i] for i in indices]  # noqa: E731
-        return Captures(pick(self.hidden), pick(self.input_ids), pick(self.rows), pick(self.partitions), self.meta)
+        return Captures(pick(self.hidden), pick(self.input_ids), pick(self.rows), pick(self.partitions), self.meta,
+                        pick(self.releases), pick(self.release_rounds))
+
+
+def activation_mechanism(meta: dict, config: RunConfig | None = None) -> ActivationMechanism | None:
+    """The mechanism a client of this run applied to the states it sent, built as the client builds it
+    (:class:`fedguard.apps.client_privacy.ClientPrivacy`): ``act-clip-norm`` > 0 → Gaussian
+    :class:`ActivationPrivacy` (clip C, σ); else ``dchi-eta`` > 0 → :class:`EmbeddingDChi` (η, token clip,
+    ``max-length`` tokens); else None (sent in clear). Settings come from the capture's ``meta``, falling back
+    to the run config for keys an older capture lacks."""
+    def value(key: str, default: object) -> object:
+        if key in meta and meta[key] is not None:
+            return meta[key]
+        return getattr(config, key.replace("-", "_"), default) if config is not None else default
+
+    clip = float(value("act-clip-norm", 0.0) or 0.0)
+    if clip > 0:
+        return ActivationPrivacy(clip, float(value("act-noise-multiplier", 0.0) or 0.0))
+    eta = float(value("dchi-eta", 0.0) or 0.0)
+    if eta > 0:
+        return EmbeddingDChi(eta, float(value("dchi-token-clip", 1.0)), int(value("max-length", 64)))
+    return None
 
 
 def _capture_files(run_dir: Path) -> list[tuple[int, Path]]:
@@ -87,11 +125,16 @@ def load_captures(run_dir: Path) -> Captures:
         raise RunDirError(f"{run_dir} has no activation captures ({CAPTURE_DIR}/partition-*.pt): {RERUN_HINT}")
     out = Captures([], [], [], [], {})
     for partition, path in files:
-        saved = torch.load(path, weights_only=False, map_location="cpu")
-        if out.meta and saved["meta"] != out.meta:
+        saved = load_capture_file(path)
+        common = set(saved["meta"]) & set(out.meta)
+        if out.meta and any(saved["meta"][key] != out.meta[key] for key in common):
             raise RunDirError(f"{path}: capture settings {saved['meta']} differ from another client's {out.meta}")
-        out.meta = dict(saved["meta"])
-        out.hidden += [h.float() for h in saved["hidden"]]
+        out.meta = {**out.meta, **saved["meta"]}
+        first = [h.float() for h in saved["hidden"]]
+        out.hidden += first
+        out.releases += [[h, *(r.float() for r in more)] for h, more in zip(first, saved["repeats"])]
+        out.release_rounds += [[int(r), *(int(x) for x in more)]
+                               for r, more in zip(saved["round"], saved["repeat_rounds"])]
         out.input_ids += [ids.long() for ids in saved["input_ids"]]
         out.rows += [int(r) for r in saved["rows"]]
         out.partitions += [partition] * len(saved["hidden"])

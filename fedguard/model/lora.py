@@ -14,11 +14,13 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from fedguard.model.bottleneck import CUT_MODULES
 from fedguard.model.split import Family
 
 log = logging.getLogger(__name__)
 
 TRAINABLE_HEADS = ("classifier", "score")
+TRAINED_WHOLE = TRAINABLE_HEADS + CUT_MODULES  # modules a half trains whole (peft modules_to_save), if it has them
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,14 @@ def peft_config(settings: LoraSettings, family: Family, modules_to_save: tuple[s
 def attach_lora(half: nn.Module, settings: LoraSettings, family: Family) -> nn.Module:
     """Freeze ``half`` and add LoRA adapters to its target modules (and a trainable copy of its head).
 
-    Returns a ``peft.PeftModel`` wrapping ``half``; if none of the target modules lives in this half (e.g. a
-    client half with ``split-layer = 0``), ``half`` is returned frozen, with a warning.
+    Modules trained whole (the task head, the bottleneck's ``cut_down``/``cut_up``: :data:`TRAINED_WHOLE`) get a
+    trainable copy. Returns a ``peft.PeftModel`` wrapping ``half``; if none of the target modules lives in this
+    half (e.g. a client half with ``split-layer = 0``), ``half`` itself, frozen except for those modules (with a
+    warning when nothing at all is trainable).
     Unknown target names (matching no module of the whole model) are the caller's error to report.
     """
     targets = settings.targets_for(family)
-    heads = tuple(name for name in TRAINABLE_HEADS if isinstance(getattr(half, name, None), nn.Module))
+    heads = tuple(name for name in TRAINED_WHOLE if isinstance(getattr(half, name, None), nn.Module))
     if not _matching_modules(half, targets) and not heads:
         for parameter in half.parameters():
             parameter.requires_grad_(False)

@@ -688,10 +688,18 @@ class ClientHalf(_Half):
             head_base = _base_view(task_model, family, family.num_blocks, family.num_blocks, embed=False, top="keep")
             self.__dict__["_head_base"] = head_base
             self._hold_head(task_model, head_base)
+        self.add_module("cut_down", None)  # the bottleneck's H -> k map (fedguard.model.bottleneck), if any
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``[batch, seq, hidden]`` after block ``split_layer`` (before any final norm)."""
-        return self.base(input_ids=input_ids, attention_mask=attention_mask, **self._base_kwargs()).last_hidden_state
+        """Hidden states ``[batch, seq, hidden]`` after block ``split_layer`` (before any final norm), or
+        ``[batch, seq, k]`` through the bottleneck's ``cut_down`` when there is one."""
+        hidden = self.base(input_ids=input_ids, attention_mask=attention_mask, **self._base_kwargs()).last_hidden_state
+        return hidden if self.cut_down is None else self.cut_down(hidden)
+
+    @property
+    def cut_width(self) -> int:
+        """Width of what crosses the split: the bottleneck's k, else the hidden size."""
+        return self.cut_down.out_features if self.cut_down is not None else int(self.config.hidden_size)
 
     def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """U-shaped split only: task logits from the hidden states after the last block (pre final norm)."""
@@ -717,28 +725,40 @@ class ServerHalf(_Half):
         self.add_module(family.base, view)
         if with_head:
             self._hold_head(task_model, view)
+        self.add_module("cut_up", None)  # the bottleneck's k -> H map (fedguard.model.bottleneck), if any
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Task logits: ``[batch, num_labels]`` (classification) or ``[batch, seq, vocab]`` (causal LM);
-        without a head, the hidden states ``[batch, seq, hidden]`` after the last block."""
+        without a head, the hidden states ``[batch, seq, hidden]`` after the last block. With a bottleneck,
+        ``hidden`` is ``[batch, seq, k]`` and ``cut_up`` maps it back to the hidden size first."""
+        if self.cut_up is not None:
+            hidden = self.cut_up(hidden)
         if self._runner is not None:
             return self._task_logits(hidden, attention_mask)
         return self.base(inputs_embeds=hidden, attention_mask=attention_mask, **self._base_kwargs()).last_hidden_state
 
 
-def split_model(task_model: nn.Module, split_layer: int, u_shape: bool = False) -> tuple[ClientHalf, ServerHalf]:
+def split_model(task_model: nn.Module, split_layer: int, u_shape: bool = False, bottleneck_dim: int = 0,
+                seed: int = 0) -> tuple[ClientHalf, ServerHalf]:
     """Split ``task_model`` after block ``split_layer`` (0 = only the embeddings on the client).
 
     ``u_shape``: the client half also keeps the top and the task head (:meth:`ClientHalf.head`) and the
     server half is the middle blocks only, so ``client.head(server(client(x)))`` is the model's logits.
+    ``bottleneck_dim`` k > 0: a learned ``H → k → H`` bottleneck at the cut (:mod:`fedguard.model.bottleneck`,
+    initialised from ``seed``); the composition is then exact only up to its (initially projecting) maps.
 
     Raises :class:`SplitError` for an architecture that cannot be split or ``split_layer`` outside
     ``[0, num_blocks]``.
     """
     family = family_of(task_model)
     _check_range(split_layer, family.num_blocks, type(task_model).__name__)
-    return (ClientHalf(task_model, split_layer, with_head=u_shape, family=family),
-            ServerHalf(task_model, split_layer, with_head=not u_shape, family=family))
+    client = ClientHalf(task_model, split_layer, with_head=u_shape, family=family)
+    server = ServerHalf(task_model, split_layer, with_head=not u_shape, family=family)
+    if bottleneck_dim:
+        from fedguard.model.bottleneck import add_bottleneck  # no cycle: bottleneck imports torch only
+
+        add_bottleneck(client, server, int(task_model.config.hidden_size), bottleneck_dim, seed)
+    return client, server
 
 
 def _check_range(split_layer: object, total: int, what: str) -> None:

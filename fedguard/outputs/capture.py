@@ -2,11 +2,17 @@
 
 With ``capture-activations = N`` each client writes, under ``<output-dir>/captures/``:
 
-* ``partition-<id>.pt`` — its first N examples as sent: ``hidden`` (list of ``[T_i, H]`` float tensors, padding
-  removed, exactly the tensors that left the client: after clipping and noise), and the ground truth
-  ``input_ids`` (``[T_i]``), ``labels`` (class id, or ``[T_i]`` token targets) and ``rows`` (row ids in the
-  run's training set; -1 for a canary copy, which is in no row), plus ``meta`` (model, task, split layer,
-  mechanism settings);
+* ``partition-<id>.pt`` — its first N *distinct* examples as sent (format :data:`CAPTURE_VERSION`):
+  ``hidden`` (list of ``[T_i, W]`` float tensors, padding removed, exactly the tensors that left the client:
+  after clipping and noise; W = the hidden size, or ``bottleneck-dim``), and the ground truth ``input_ids``
+  (``[T_i]``), ``labels`` (class id, or ``[T_i]`` token targets) and ``rows`` (row ids in the run's training
+  set; -1 for a canary copy, which is in no row), ``round`` (the round of that first release) and
+  ``shard_index`` (the example's index in the client's shard: the key of its releases); then every *later*
+  release of the same example (other epochs, rounds) in ``repeats[i]`` (list of ``[T_i, W]`` tensors, in
+  the order sent) with their rounds in ``repeat_rounds[i]``; ``version`` and ``meta`` (model, task, split
+  layer, mechanism and cut settings). A version-1 file (no ``version``, ``repeats`` or ``shard_index``: only
+  the first release of each example) still loads, as one release per example, and a resumed run appends to
+  it without repeats for the examples it already holds;
 * ``partition-<id>-update-round-<r>.pt`` — the client adapter of its final reply in round r (``round``,
   ``adapter``): the update the server receives, for membership inference against a single client's update;
 * ``partition-<id>-trained.json`` (and ``partition-<id>-trained-round-<r>.json`` per round) — every
@@ -47,6 +53,9 @@ def trained_rows_path(output_dir: str | Path, partition_id: int, server_round: i
     return Path(output_dir).expanduser() / CAPTURE_DIR / f"partition-{partition_id}-trained{suffix}.json"
 
 
+CAPTURE_VERSION = 2  # 1: first release of each example only; 2: + every later release of those examples
+
+
 class ActivationCapture:
     """Appends to one client's capture files (see the module docstring)."""
 
@@ -60,35 +69,73 @@ class ActivationCapture:
 
     def record(self, hidden: list[torch.Tensor], batches: list[TokenBatch], indices: list[list[int]],
                server_round: int) -> None:
-        """Record a chunk that is about to be sent: its examples (up to the limit) and its training rows."""
+        """Record a chunk that is about to be sent: its training rows, the examples it releases for the first
+        time (while fewer than the limit are held), and every further release of an example already held
+        (keyed by shard index)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         used = [self.rows[i] for batch in indices for i in batch if self.rows[i] != CANARY_ROW]
         for path in (self.trained_path, trained_rows_path(self.config.output_dir, self.partition_id, server_round)):
             trained = set(json.loads(path.read_text())) if path.exists() else set()
             write_bytes_atomic(path, json.dumps(sorted(trained.union(used))).encode())
-        saved = torch.load(self.path, weights_only=False) if self.path.exists() else self._empty()
+        saved = _upgraded(torch.load(self.path, weights_only=False)) if self.path.exists() else self._empty()
+        held = {index: i for i, index in enumerate(saved["shard_index"]) if index >= 0}
+        changed = False
         for sent, batch, shard_indices in zip(hidden, batches, indices):
             for j, index in enumerate(shard_indices):
-                if len(saved["hidden"]) >= self.limit:
-                    break
                 length = int(batch.attention_mask[j].sum())
-                saved["hidden"].append(sent[j, :length].clone())
+                release = sent[j, :length].detach().clone()
+                if index in held:
+                    saved["repeats"][held[index]].append(release)
+                    saved["repeat_rounds"][held[index]].append(server_round)
+                    changed = True
+                    continue
+                if len(saved["hidden"]) >= self.limit:
+                    continue
+                held[index] = len(saved["hidden"])
+                saved["hidden"].append(release)
                 saved["input_ids"].append(batch.input_ids[j, :length].clone())
                 label = batch.labels[j]
                 saved["labels"].append(int(label) if label.dim() == 0 else label[:length].clone())
                 saved["rows"].append(self.rows[index])
                 saved["round"].append(server_round)
+                saved["shard_index"].append(int(index))
+                saved["repeats"].append([])
+                saved["repeat_rounds"].append([])
+                changed = True
+        if not changed and self.path.exists():
+            return
         buffer = io.BytesIO()
         torch.save(saved, buffer)
         write_bytes_atomic(self.path, buffer.getvalue())
 
     def _empty(self) -> dict:
         c = self.config
-        return {"hidden": [], "input_ids": [], "labels": [], "rows": [], "round": [], "meta": {
-            "model": c.model, "task": c.task, "split-layer": c.split_layer, "dataset": c.dataset,
-            "max-length": c.max_length, "act-clip-norm": c.act_clip_norm,
-            "act-noise-multiplier": c.act_noise_multiplier, "label-protection": c.label_protection,
-        }}
+        return {"version": CAPTURE_VERSION, "hidden": [], "input_ids": [], "labels": [], "rows": [], "round": [],
+                "shard_index": [], "repeats": [], "repeat_rounds": [], "meta": {
+                    "model": c.model, "task": c.task, "split-layer": c.split_layer, "dataset": c.dataset,
+                    "max-length": c.max_length, "act-clip-norm": c.act_clip_norm,
+                    "act-noise-multiplier": c.act_noise_multiplier, "label-protection": c.label_protection,
+                    "dchi-eta": c.dchi_eta, "dchi-token-clip": c.dchi_token_clip,
+                    "bottleneck-dim": getattr(c, "bottleneck_dim", 0),
+                    "activation-reuse": getattr(c, "activation_reuse", "none"),
+                }}
+
+
+def _upgraded(saved: dict) -> dict:
+    """A capture file's content in the current format: a version-1 file (first releases only, no shard
+    indices) gets empty repeats and unknown (-1) shard indices, so none of its examples gains repeats."""
+    count = len(saved["hidden"])
+    saved.setdefault("shard_index", [-1] * count)
+    saved.setdefault("repeats", [[] for _ in range(count)])
+    saved.setdefault("repeat_rounds", [[] for _ in range(count)])
+    saved.setdefault("round", [0] * count)
+    saved["version"] = CAPTURE_VERSION
+    return saved
+
+
+def load_capture_file(path: str | Path) -> dict:
+    """One client's capture file in the current format (a version-1 file upgraded: see :func:`_upgraded`)."""
+    return _upgraded(torch.load(Path(path), weights_only=False, map_location="cpu"))
 
 
 def update_path(output_dir: str | Path, partition_id: int, server_round: int) -> Path:

@@ -34,6 +34,7 @@ from fedguard.data.batches import TokenBatch
 from fedguard.mechanisms.activations import ActivationMechanism
 from fedguard.model.device import autocast, batch_to, check_precision, fork_rng, module_device, secret_generator, to_wire
 from fedguard.model.lora import unwrapped
+from fedguard.training.decorrelation import example_decorrelation
 from fedguard.training.objectives import batch_loss, example_losses
 
 _HEAD_SEED = 0x5EED  # offset of the head's dropout seed from the batch's seed
@@ -45,14 +46,20 @@ class ClientHalfTrainer:
     ``freeze_lora_a``: keep every LoRA ``A`` matrix as received (FFA-LoRA); only ``B`` is trained.
     ``activation``: clip (and noise) each example's hidden states before they are sent.
     ``precision``: ``fp32`` or ``bf16`` (autocast of the forward passes). The trainer computes on the device
-    of ``half``'s parameters (:attr:`device`).
+    of ``half``'s parameters (:attr:`device`). ``decorrelation`` λ >= 0: add λ·dCor(input token embeddings,
+    sent states) per example to the client's objective (:mod:`fedguard.training.decorrelation`).
+    ``deterministic``: run the bottom without dropout, so an example's clean representation is the same at
+    every release (needed to resend one noise draw: run-config ``activation-reuse``).
     """
 
     def __init__(self, half: nn.Module, learning_rate: float, freeze_lora_a: bool = False,
-                 activation: ActivationMechanism | None = None, *, precision: str = "fp32") -> None:
+                 activation: ActivationMechanism | None = None, *, precision: str = "fp32",
+                 decorrelation: float = 0.0, deterministic: bool = False) -> None:
         self.half = half
         self.module: nn.Module = half
         self.activation = activation
+        self.decorrelation = float(decorrelation)
+        self.deterministic = deterministic
         self.device = module_device(half)
         self.precision = check_precision(precision)
         self._noise = secret_generator(self.device)  # never the public seed; draws on the half's device
@@ -94,7 +101,7 @@ class ClientHalfTrainer:
     def forward(self, batch: TokenBatch, dropout_seed: int) -> torch.Tensor:
         """Hidden states at the split for ``batch`` (gradients enabled, on :attr:`device`, float32 whatever the
         precision), clipped if activations are private."""
-        self.module.train()
+        self.module.train(not self.deterministic)
         batch = batch_to(batch, self.device)
         with fork_rng(self.device), autocast(self.device, self.precision):
             torch.manual_seed(dropout_seed)
@@ -102,16 +109,20 @@ class ClientHalfTrainer:
         hidden = hidden.float()  # a no-op in fp32; clipping norms are privacy-relevant: float32
         return self.activation.clip(hidden, batch.attention_mask) if self.activation else hidden
 
-    def send(self, batches: Sequence[TokenBatch], seeds: Sequence[int], keep_graph: bool = False) -> list[torch.Tensor]:
+    def send(self, batches: Sequence[TokenBatch], seeds: Sequence[int], keep_graph: bool = False,
+             noise_keys: Sequence[Sequence[int]] | None = None) -> list[torch.Tensor]:
         """Hidden states for each batch, detached and (if configured) noised, ready to send: float32, on CPU.
 
         ``keep_graph``: keep each batch's autograd graph until :meth:`apply_gradients`, which then
         back-propagates through it instead of recomputing the forward pass (the data-plane transport, where the
         gradients come back to this same process; one batch per chunk).
+        ``noise_keys`` (one secret 63-bit key per example of each batch): draw example i's noise from a
+        generator seeded with its key, over its real tokens only — the same key gives the same noise whatever
+        the batch, so with a deterministic bottom the same release is resent (``activation-reuse``).
         """
         out: list[torch.Tensor] = []
         self._kept: list[torch.Tensor | None] = []
-        for batch, seed in zip(batches, seeds):
+        for j, (batch, seed) in enumerate(zip(batches, seeds)):
             if batch.input_ids.shape[0] == 0:
                 out.append(torch.zeros((0, batch.input_ids.shape[1], self.hidden_size)))
                 self._kept.append(None)
@@ -122,9 +133,32 @@ class ClientHalfTrainer:
             hidden = computed.detach()
             if self.activation is not None:
                 mask = batch.attention_mask.to(self.device)
-                hidden = hidden + self.activation.noise(hidden, mask, self._noise)
+                keys = None if noise_keys is None else noise_keys[j]
+                hidden = hidden + (self.activation.noise(hidden, mask, self._noise) if keys is None
+                                   else self._keyed_noise(hidden, mask, keys))
             out.append(to_wire(hidden))
         return out
+
+    def _keyed_noise(self, hidden: torch.Tensor, mask: torch.Tensor, keys: Sequence[int]) -> torch.Tensor:
+        """Noise of each example from its own key, over its real tokens (padding stays zero)."""
+        if len(keys) != hidden.shape[0]:
+            raise ValueError(f"{len(keys)} noise keys for a batch of {hidden.shape[0]} examples")
+        noise = torch.zeros_like(hidden)
+        lengths = mask.sum(1).tolist()
+        for i, (key, n) in enumerate(zip(keys, lengths)):
+            generator = torch.Generator(device=self.device).manual_seed(int(key))
+            n = int(n)
+            noise[i, :n] = self.activation.noise(hidden[i:i + 1, :n], mask[i:i + 1, :n], generator)[0]
+        return noise
+
+    def decorrelation_terms(self, batch: TokenBatch, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B]``: λ·dCor(input token embeddings, sent states) of each example (zeros when λ = 0)."""
+        if self.decorrelation == 0:
+            return hidden.new_zeros(hidden.shape[0])
+        batch = batch_to(batch, self.device)
+        with torch.no_grad():
+            tokens = self.core.base.get_input_embeddings()(batch.input_ids).float()
+        return self.decorrelation * example_decorrelation(tokens, hidden, batch.attention_mask)
 
     def hidden_for(self, j: int, batch: TokenBatch, seed: int) -> torch.Tensor:
         """Batch ``j``'s hidden states with their graph: kept from :meth:`send` if it kept them (used once), else
@@ -137,7 +171,8 @@ class ClientHalfTrainer:
 
     @property
     def hidden_size(self) -> int:
-        return int(self.half.config.hidden_size)
+        """Width of what is sent: the bottleneck's k, else the model's hidden size."""
+        return self.core.cut_width
 
     def apply_gradients(self, batches: Sequence[TokenBatch], seeds: Sequence[int], grads: Sequence[torch.Tensor],
                         tops: Sequence[torch.Tensor] | None = None) -> None:
@@ -156,6 +191,7 @@ class ClientHalfTrainer:
             if hidden.shape != grad.shape:
                 raise ValueError(f"gradient shape {tuple(grad.shape)} does not match hidden {tuple(hidden.shape)}")
             total = (hidden * grad.to(self.device, torch.float32)).sum()
+            total = total + self.decorrelation_terms(batch, hidden).mean()
             if tops is not None:
                 total = total + self.head_loss(batch, tops[j].detach(), seed)
             per_batch.append(list(torch.autograd.grad(total, self.params, allow_unused=True)))

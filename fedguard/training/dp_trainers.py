@@ -156,12 +156,14 @@ class DPClientHalfTrainer(ClientHalfTrainer):
 
     def __init__(self, half: nn.Module, learning_rate: float, noise_multiplier: float, max_grad_norm: float,
                  expected_batch_size: float, freeze_lora_a: bool = False,
-                 activation: ActivationMechanism | None = None, *, precision: str = "fp32") -> None:
+                 activation: ActivationMechanism | None = None, *, precision: str = "fp32",
+                 decorrelation: float = 0.0, deterministic: bool = False) -> None:
         if noise_multiplier <= 0 or max_grad_norm <= 0 or expected_batch_size <= 0:
             raise ValueError("DP-SGD needs noise_multiplier > 0, max_grad_norm > 0, expected_batch_size > 0")
         # With freeze_lora_a the A matrices stay out of self.params (never clipped, noised or stepped); their
         # requires_grad is left alone so the adapter's tensor set does not change.
-        super().__init__(half, learning_rate, freeze_lora_a, activation, precision=precision)
+        super().__init__(half, learning_rate, freeze_lora_a, activation, precision=precision,
+                         decorrelation=decorrelation, deterministic=deterministic)
         self.gsm = GradSampleModule(half, batch_first=True, loss_reduction="sum")
         self.module = self.gsm
         generator = secret_generator(self.device)  # Opacus draws its noise on the parameters' device
@@ -194,6 +196,7 @@ class DPClientHalfTrainer(ClientHalfTrainer):
         # recomputation with the same weights and seed.
         hidden = self.forward(batch, dropout_seed) if index is None else self.hidden_for(index, batch, dropout_seed)
         total = (hidden * (grad_hidden.to(self.device, torch.float32) * size)).sum()
+        total = total + self.decorrelation_terms(batch, hidden).sum()  # per example: ℓ_i + λ·dCor_i
         if top is not None:
             total = total + self.head_loss(batch, top.detach(), dropout_seed, per_example=True).sum()
         with warnings.catch_warnings():  # the backward starts at the module output: expected here

@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+import fedguard.runtime as runtime_module
 from fedguard.runtime import (
     client_runtime,
     client_split_runtime,
@@ -21,7 +22,7 @@ from fedguard.runtime import (
 from fedguard.config import RunConfig
 from fedguard.model.device import DeviceError
 from fedguard.model.lora import LoraSettings, attach_lora, trainable_state, unwrapped
-from fedguard.model.split import family_of, split_model
+from fedguard.model.split import SplitError, family_of, split_model
 from tests.apps.tiny_causal_lm import save_tiny_llama
 from tests.conftest import make_tiny
 
@@ -124,3 +125,75 @@ def test_placement_reaches_every_tensor_of_the_halves_and_their_views(u_shape):
     for module in modules:
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
             assert tensor.device.type == "meta", name
+
+
+def _refuse_whole_loads(monkeypatch):
+    def refuse(*_, **__):
+        raise AssertionError("the client process loaded the whole model")
+
+    monkeypatch.setattr(runtime_module, "load_task_model", refuse)
+
+
+def test_a_client_process_never_loads_the_servers_blocks(monkeypatch):
+    config = RunConfig.from_run_config(CPU)  # MiniLM (6 blocks), split-layer 2
+    whole = runtime_for(config, 2)
+    _refuse_whole_loads(monkeypatch)
+    client = client_split_runtime.__wrapped__(model_spec(config, 2), 2, lora_settings(config), config.seed)
+    blocks = client.task_model.bert.encoder.layer
+    assert len(blocks) == 2  # built with two blocks: the other four were never read from the checkpoint
+    assert client.task_model.config.num_hidden_layers == 6  # the checkpoint's config, as in a whole load
+    assert client.family == whole.family and client.num_blocks == 6
+
+
+def test_a_u_shaped_client_loaded_alone_has_the_whole_loads_head_under_the_same_seed():
+    """The classification head is new (random): seeded alike, the client-only load draws the same one."""
+    config = RunConfig.from_run_config({**CPU, "label-protection": "u-shape"})
+    args = (model_spec(config, 2), config.split_layer, lora_settings(config), config.seed, True)
+    torch.manual_seed(11)
+    whole = split_runtime.__wrapped__(*args)
+    torch.manual_seed(11)
+    client = client_split_runtime.__wrapped__(*args)
+    expected, got = trainable_state(whole.client), trainable_state(client.client)
+    assert got.keys() == expected.keys() and any(name.startswith("base_model.model.classifier") for name in got)
+    for name in got:
+        assert torch.equal(got[name], expected[name]), name
+    batch = client.tokenizer(["a gripping, funny film", "dull"], padding=True, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    whole.client.eval(), client.client.eval()
+    with torch.no_grad():
+        hidden = client.client(ids, mask)
+        assert torch.equal(hidden, whole.client(ids, mask))
+        assert torch.equal(unwrapped(client.client).head(hidden, mask), unwrapped(whole.client).head(hidden, mask))
+
+
+@pytest.mark.parametrize("split_layer", [0, 6])
+def test_a_client_loaded_alone_at_the_ends_of_the_range_computes_what_the_whole_runtimes_does(split_layer):
+    config = RunConfig.from_run_config({**CPU, "split-layer": split_layer})
+    whole, client = _fresh(config)
+    assert trainable_state(client.client).keys() == trainable_state(whole.client).keys()
+    ids = torch.tensor([[101, 2023, 2003, 102]])
+    mask = torch.ones_like(ids)
+    whole.client.eval(), client.client.eval()
+    with torch.no_grad():
+        assert torch.equal(client.client(ids, mask), whole.client(ids, mask))
+
+
+def test_a_split_layer_past_the_last_block_is_refused_naming_the_whole_count():
+    config = RunConfig.from_run_config(CPU)
+    with pytest.raises(SplitError, match=r"split-layer=7 is out of range .* with 6 blocks: allowed 0..6"):
+        client_split_runtime.__wrapped__(model_spec(config, 2), 7, lora_settings(config), config.seed)
+
+
+def test_the_whole_load_fallback_gives_the_same_client_runtime(monkeypatch):
+    """What a GGUF checkpoint gets (loaded whole, the server's part dropped) equals the partial load."""
+    config = RunConfig.from_run_config(CPU)
+    partial = client_split_runtime.__wrapped__(model_spec(config, 2), 2, lora_settings(config), config.seed)
+    monkeypatch.setattr(runtime_module, "can_load_first_blocks", lambda spec: False)
+    fallback = client_split_runtime.__wrapped__(model_spec(config, 2), 2, lora_settings(config), config.seed)
+    assert _names(fallback.task_model) == _names(partial.task_model)
+    assert fallback.family == partial.family and fallback.num_blocks == partial.num_blocks == 6
+    assert fallback.task_model.config.to_dict() == partial.task_model.config.to_dict()
+    ids, mask = torch.tensor([[101, 2023, 2003, 102]]), torch.ones(1, 4, dtype=torch.long)
+    fallback.client.eval(), partial.client.eval()
+    with torch.no_grad():
+        assert torch.equal(fallback.client(ids, mask), partial.client(ids, mask))

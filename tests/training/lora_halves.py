@@ -9,15 +9,17 @@ from fedguard.model.split import family_of, split_model
 from tests.conftest import make_tiny
 
 
-def lora_halves(name: str = "bert-cls", split: int = 2, dropout: float = 0.0, u_shape: bool = False):
+def lora_halves(name: str = "bert-cls", split: int = 2, dropout: float = 0.0, u_shape: bool = False,
+                bottleneck_dim: int = 0):
     """``(client, server)`` of tiny model ``name`` split at ``split`` with LoRA r=4 on each half; the LoRA B
-    matrices are perturbed so that gradients reach A as well. ``dropout`` sets every Dropout's p."""
+    matrices are perturbed so that gradients reach A as well. ``dropout`` sets every Dropout's p;
+    ``bottleneck_dim`` adds a learned bottleneck at the cut."""
     model = make_tiny(name)
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = dropout
     family = family_of(model)
-    client, server = split_model(model, split, u_shape=u_shape)
+    client, server = split_model(model, split, u_shape=u_shape, bottleneck_dim=bottleneck_dim, seed=7)
     torch.manual_seed(3)
     settings = LoraSettings(r=4, alpha=8)
     client, server = attach_lora(client, settings, family), attach_lora(server, settings, family)
