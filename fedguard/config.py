@@ -89,6 +89,9 @@ class RunConfig:
     bottleneck_dim: int = 0
     activation_reuse: str = "none"
     dcor_weight: float = 0.0
+    # d_chi only: SAP's contributing-token allocation, noise / (1 + dchi-importance) on tokens with strong label
+    # log-odds in public (held-out) text (fedguard/mechanisms/token_importance.py). No guarantee: 0 = off.
+    dchi_importance: float = 0.0
     label_epsilon: float = 0.0
     label_protection: str = "auto"
     max_epsilon: float = 0.0
@@ -290,6 +293,14 @@ class RunConfig:
              "resending one noise draw over a changing representation would leak the change")
         need(_finite(self.dcor_weight) and self.dcor_weight >= 0,
              f"dcor-weight={self.dcor_weight}: must be a finite number >= 0 (0 = off)")
+        need(_finite(self.dchi_importance) and self.dchi_importance >= 0,
+             f"dchi-importance={self.dchi_importance}: must be a finite number >= 0 (0 = off)")
+        need(not (self.dchi_importance > 0 and not (self.dchi_eta > 0 and self.task == "classification")),
+             "dchi-importance > 0 allocates d_chi noise by class-label log-odds: it needs dchi-eta > 0 and "
+             "task='classification'")
+        need(not (self.dchi_importance > 0 and self.max_activation_epsilon > 0),
+             "dchi-importance > 0 has no activation epsilon (the noise scale depends on the token), so "
+             "max-activation-epsilon cannot be enforced: set one of them to 0")
         need(not (self.dcor_weight > 0 and self.split_layer == 0 and self.bottleneck_dim == 0),
              "dcor-weight > 0 needs something the client trains below the cut (split-layer > 0 or bottleneck-dim > 0):"
              " at split-layer 0 without a bottleneck what is sent does not depend on any trainable weight")

@@ -37,6 +37,7 @@ from fedguard.data.canaries import CANARY_ROW, canary_copies, receives_canaries
 from fedguard.data.instructions import InstructionDataset, load_instruction_splits, tokenize_instructions
 from fedguard.data.partition import PartitionScheme, partition_indices
 from fedguard.data.sources import DatasetSplits, TextDataset, load_dataset_splits
+from fedguard.mechanisms.token_importance import important_tokens, noise_scales
 from fedguard.model.device import autocast, resolve_device
 from fedguard.model.loading import ModelSpec, can_load_first_blocks, load_first_blocks, load_task_model, load_tokenizer
 from fedguard.model.lora import LoraSettings, attach_lora, check_targets_exist, unwrapped
@@ -333,3 +334,18 @@ def client_shard(config: RunConfig, partition_id: int, num_partitions: int, loca
 def shard_word_counts(shard: Examples) -> list[int]:
     """Word count of each text: a cheap stand-in for token length, used to group batches by length."""
     return [len(text.split()) for text in shard.text]
+
+
+@functools.lru_cache(maxsize=2)
+def token_noise_scales(config: RunConfig, num_labels: int) -> torch.Tensor | None:
+    """``dchi-importance``: each token's noise multiplier ``[V]`` (:mod:`fedguard.mechanisms.token_importance`),
+    from the run's *public* held-out split, never a client's shard; None when the allocation is off."""
+    if config.dchi_importance == 0:
+        return None
+    data = data_for(config)
+    if data.dev is None or not isinstance(data.dev, TextDataset):
+        raise ValueError("dchi-importance needs a labelled held-out split to rank tokens by (the data set has none)")
+    tokenizer = client_runtime(config, num_labels).tokenizer
+    vocab = max(len(tokenizer), int(client_runtime(config, num_labels).client.config.vocab_size))
+    important = important_tokens(data.dev.text, data.dev.label, tokenizer)
+    return noise_scales(important, vocab, config.dchi_importance)

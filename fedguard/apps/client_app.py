@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 
 from fedguard.apps.client_privacy import ClientPrivacy
 from fedguard.outputs.capture import ActivationCapture, record_client_update
-from fedguard.runtime import client_runtime, client_shard, shard_rows, shard_word_counts
+from fedguard.runtime import client_runtime, client_shard, shard_rows, shard_word_counts, token_noise_scales
 from fedguard.config import RunConfig
 from fedguard.data.batches import TokenBatch, round_batches
 from fedguard.training.dp_trainers import DPClientHalfTrainer
@@ -57,7 +57,8 @@ class _ClientSession:
         self.wire_dtype = WIRE_DTYPES[self.config.activation_dtype]
         self.codec = ActivationCodec(self.config.activation_compression, self.config.activation_topk, self.wire_dtype)
         defences = {"precision": self.config.precision, "decorrelation": self.config.dcor_weight,
-                    "deterministic": self.config.activation_reuse != "none"}
+                    "deterministic": self.config.activation_reuse != "none",
+                    "token_noise_scale": token_noise_scales(self.config, num_labels)}
         if self.privacy.dp is not None:  # whole-model DP-SGD: the client part, noise std σ·C (σ·C/C_c × C_c)
             self.trainer: ClientHalfTrainer = DPClientHalfTrainer(
                 self.runtime.client, self.config.learning_rate, self.privacy.dp.client_noise_multiplier,

@@ -180,7 +180,7 @@ class ClientPrivacy:
         self.context.state[_RELEASES] = ArrayRecord(numpy_ndarrays=[counts])
         releases = int(counts.max(initial=0)) - before
         events = []
-        if self.activation is not None:
+        if self.activation is not None and self.config.dchi_importance == 0:  # token-dependent noise: no ε
             event = self.activation.release_event(releases, server_round)
             if event is not None:
                 events.append(event)

@@ -56,6 +56,8 @@ def server_guarantee_gaps(config: RunConfig) -> list[str]:
     gaps = []
     if not config.activation_noise_enabled:
         gaps.append("activations are sent without noise")
+    elif config.dchi_importance > 0:
+        gaps.append("d_chi noise is allocated by token importance (a token-dependent scale has no epsilon)")
     if config.label_protection == "clear":
         gaps.append("labels are sent in clear")
     if config.u_shape:

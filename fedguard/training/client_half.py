@@ -49,13 +49,16 @@ class ClientHalfTrainer:
     of ``half``'s parameters (:attr:`device`). ``decorrelation`` λ >= 0: add λ·dCor(input token embeddings,
     sent states) per example to the client's objective (:mod:`fedguard.training.decorrelation`).
     ``deterministic``: run the bottom without dropout, so an example's clean representation is the same at
-    every release (needed to resend one noise draw: run-config ``activation-reuse``).
+    every release (needed to resend one noise draw: run-config ``activation-reuse``). ``token_noise_scale``
+    ``[V]``: multiply the noise at each position by its token's entry (``dchi-importance``; no guarantee).
     """
 
     def __init__(self, half: nn.Module, learning_rate: float, freeze_lora_a: bool = False,
                  activation: ActivationMechanism | None = None, *, precision: str = "fp32",
-                 decorrelation: float = 0.0, deterministic: bool = False) -> None:
+                 decorrelation: float = 0.0, deterministic: bool = False,
+                 token_noise_scale: torch.Tensor | None = None) -> None:
         self.half = half
+        self.token_noise_scale = None if token_noise_scale is None else token_noise_scale.to(module_device(half))
         self.module: nn.Module = half
         self.activation = activation
         self.decorrelation = float(decorrelation)
@@ -134,8 +137,11 @@ class ClientHalfTrainer:
             if self.activation is not None:
                 mask = batch.attention_mask.to(self.device)
                 keys = None if noise_keys is None else noise_keys[j]
-                hidden = hidden + (self.activation.noise(hidden, mask, self._noise) if keys is None
-                                   else self._keyed_noise(hidden, mask, keys))
+                noise = (self.activation.noise(hidden, mask, self._noise) if keys is None
+                         else self._keyed_noise(hidden, mask, keys))
+                if self.token_noise_scale is not None:
+                    noise = noise * self.token_noise_scale[batch.input_ids.to(self.device)].unsqueeze(-1)
+                hidden = hidden + noise
             out.append(to_wire(hidden))
         return out
 

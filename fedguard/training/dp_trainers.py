@@ -157,13 +157,15 @@ class DPClientHalfTrainer(ClientHalfTrainer):
     def __init__(self, half: nn.Module, learning_rate: float, noise_multiplier: float, max_grad_norm: float,
                  expected_batch_size: float, freeze_lora_a: bool = False,
                  activation: ActivationMechanism | None = None, *, precision: str = "fp32",
-                 decorrelation: float = 0.0, deterministic: bool = False) -> None:
+                 decorrelation: float = 0.0, deterministic: bool = False,
+                 token_noise_scale: torch.Tensor | None = None) -> None:
         if noise_multiplier <= 0 or max_grad_norm <= 0 or expected_batch_size <= 0:
             raise ValueError("DP-SGD needs noise_multiplier > 0, max_grad_norm > 0, expected_batch_size > 0")
         # With freeze_lora_a the A matrices stay out of self.params (never clipped, noised or stepped); their
         # requires_grad is left alone so the adapter's tensor set does not change.
         super().__init__(half, learning_rate, freeze_lora_a, activation, precision=precision,
-                         decorrelation=decorrelation, deterministic=deterministic)
+                         decorrelation=decorrelation, deterministic=deterministic,
+                         token_noise_scale=token_noise_scale)
         self.gsm = GradSampleModule(half, batch_first=True, loss_reduction="sum")
         self.module = self.gsm
         generator = secret_generator(self.device)  # Opacus draws its noise on the parameters' device
