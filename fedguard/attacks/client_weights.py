@@ -11,20 +11,24 @@ tensors have the names of the run's client adapter, and knows two weight sets:
   the bottleneck's seeded initial ``cut_down``);
 * ``final``: the global client adapter after the run's last completed round, from ``checkpoint.pt``
   (``global_adapter``: exactly the client runtime's trainable tensors) — or, if there is no checkpoint, the
-  peft folder ``client_adapter/`` (LoRA and modules saved whole).
+  peft folder ``client_adapter/`` (LoRA and modules saved whole);
+* ``round_start[r]``: the global client adapter the server sent at the start of round r, which a capture
+  run records (``captures/server-adapter-round-<r>.pt``, ``global_start``): the weights every release of
+  round r was computed from, up to the client's own steps within the round.
 
-:meth:`AttackerHalf.use` loads one of them; ``describe`` says in words which one an attack used.
+:meth:`AttackerHalf.use` loads one of them and returns, in words, which one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fedguard.config import RunConfig
+from fedguard.outputs.capture import CAPTURE_DIR
 from fedguard.model.loading import ModelSpec, load_task_model, load_tokenizer
 from fedguard.model.lora import LoraSettings, attach_lora, load_trainable_state, trainable_state
 from fedguard.model.split import family_of, split_model
@@ -43,6 +47,7 @@ class AttackerHalf:
     initial: dict[str, torch.Tensor]
     final: dict[str, torch.Tensor] | None
     final_source: str
+    round_start: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def trainable(self) -> bool:
@@ -56,9 +61,15 @@ class AttackerHalf:
             return False
         return any(not torch.equal(self.final[k], self.initial[k]) for k in self.initial)
 
-    def use(self, which: str) -> str:
-        """Load the ``"initial"`` or ``"final"`` adapter (``final`` falls back to ``initial`` when the run left
-        none) and return a description of the weights now in the half."""
+    def use(self, which: str | int) -> str:
+        """Load the ``"initial"`` or ``"final"`` adapter, or (an int r) the one sent at the start of round r, and
+        return a description of the weights now in the half. ``final`` falls back to ``initial`` when the run
+        left none, a round without a recorded start to ``final``."""
+        if isinstance(which, int) and not isinstance(which, bool):
+            if which in self.round_start:
+                load_trainable_state(self.half, self.round_start[which])
+                return f"global client adapter sent at the start of round {which}"
+            which = "final"
         if which == "final" and self.final is not None:
             load_trainable_state(self.half, self.final)
             return self.final_source
@@ -92,7 +103,22 @@ def attacker_client_half(run_dir: Path, config: RunConfig, model_name: str, task
         client = attach_lora(client, _lora(config), family)
     initial = trainable_state(client)
     final, source = _final_adapter(Path(run_dir), client, initial)
-    return AttackerHalf(client, model, initial, final, source)
+    return AttackerHalf(client, model, initial, final, source, _round_starts(Path(run_dir), initial))
+
+
+def _round_starts(run_dir: Path, initial: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    """``{r: adapter}`` from the server's per-round capture files (``global_start``), where they match the half."""
+    out = {}
+    if not initial:
+        return out
+    for path in sorted((run_dir / CAPTURE_DIR).glob("server-adapter-round-*.pt")):
+        suffix = path.stem.rsplit("-", 1)[-1]
+        if not suffix.isdigit():
+            continue
+        state = torch.load(path, weights_only=False, map_location="cpu").get("global_start") or {}
+        if state.keys() == initial.keys() and all(state[k].shape == initial[k].shape for k in initial):
+            out[int(suffix)] = {k: v.float() for k, v in state.items()}
+    return out
 
 
 def _final_adapter(run_dir: Path, half: nn.Module,

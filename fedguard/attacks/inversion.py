@@ -135,7 +135,10 @@ def average_releases(releases: Sequence[Sequence[torch.Tensor]]) -> list[torch.T
     for group in releases:
         if not group:
             raise ValueError("an example without any release")
-        out.append(group[0].float() if len(group) == 1 else torch.stack([r.float() for r in group]).mean(0))
+        if all(torch.equal(r, group[0]) for r in group[1:]):  # one release, or one noise draw resent
+            out.append(group[0].float())
+        else:
+            out.append(torch.stack([r.float() for r in group]).mean(0))
     return out
 
 

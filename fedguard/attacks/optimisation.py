@@ -7,7 +7,9 @@ the token sequence x that best explains all the releases y_1..y_k it saw of that
     minimise over x   NLL(y_1..y_k | clip(f(x)))  +  λ · (−log prior(x))
 
 * ``f``: the client half's own forward (eval mode: no dropout), so the bottleneck and any other module the
-  half runs are included, whatever the width of what it sends; ``clip``: the mechanism's clipping.
+  half runs are included, whatever the width of what it sends; ``clip``: the mechanism's clipping. Each
+  release may be explained by its own weights (``release_weights`` keys and ``load_weights``: e.g. the
+  client adapter the server sent at the start of the release's round), one forward pass per distinct key.
 * NLL, from the noise the mechanism adds: Gaussian (``ActivationPrivacy``, std s = σC):
   Σ_r ‖y_r − h‖² / (2 s²) (for k releases this is k·‖ȳ − h‖²/(2s²) up to a constant: the mean of the
   releases with 1/√k of the noise); d_χ (``EmbeddingDChi``, density ∝ exp(−η‖z‖) per token):
@@ -30,7 +32,8 @@ Deterministic for a given ``seed`` (no sampling; Adam on CPU).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -139,8 +142,11 @@ class _Objective:
 
     def __init__(self, half: nn.Module, embed: nn.Module, mechanism: ActivationMechanism | None,
                  releases: list[list[torch.Tensor]], cand: torch.Tensor | None, vocab: int,
-                 prior: BigramPrior | None, settings: OptimisationSettings, pad_id: int | None) -> None:
+                 prior: BigramPrior | None, settings: OptimisationSettings, pad_id: int | None,
+                 keys: list[list[Hashable]] | None = None,
+                 load_weights: Callable[[Hashable], object] | None = None) -> None:
         self.half, self.embed, self.mechanism, self.settings = half, embed, mechanism, settings
+        self.load_weights = load_weights
         batch = len(releases)
         self.lengths = [r[0].shape[0] for r in releases]
         longest = max(self.lengths)
@@ -154,6 +160,15 @@ class _Objective:
             for r, y in enumerate(group):
                 self.received[b, r, :y.shape[0]] = y.float()
                 self.release_mask[b, r] = 1
+        # Which weights explain which release: {key: [B, R] mask}; one key (the weights in the half) by default.
+        if keys is None or load_weights is None:
+            self.by_weights: dict[Hashable | None, torch.Tensor] = {None: self.release_mask}
+        else:
+            distinct = list(dict.fromkeys(key for group in keys for key in group))
+            self.by_weights = {key: torch.zeros(batch, most) for key in distinct}
+            for b, group in enumerate(keys):
+                for r, key in enumerate(group):
+                    self.by_weights[key][b, r] = 1
         self.pad_id = pad_id
         self.vocab = vocab
         self.cand = cand  # [B, T, K] token ids, or None: the whole vocabulary
@@ -198,8 +213,11 @@ class _Objective:
             ids = ids.masked_fill(self.mask == 0, self.pad_id)
         return ids
 
-    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
-        """``[B]`` objective of per-position token distributions ``probs`` (``[B, T, K]`` or ``[B, T, V]``)."""
+    def parts(self, probs: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The objective of per-position token distributions ``probs`` (``[B, T, K]`` or ``[B, T, V]``) in
+        ``[B]`` parts: the noise likelihood of the releases of each weight set (loaded just before its part is
+        computed), then the prior. A part's gradient must be taken before the next part is asked for: loading
+        the next weights changes the tensors its graph saved."""
         if self.cand is None:
             soft = probs @ self.table
         else:
@@ -208,45 +226,65 @@ class _Objective:
         def replace(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             return soft.to(output.dtype)
 
-        handle = self.embed.register_forward_hook(replace)
-        try:
-            hidden = self.half(self.ids(probs.detach()), self.mask).float()
-        finally:
-            handle.remove()
-        if self.mechanism is not None:
-            hidden = self.mechanism.clip(hidden, self.mask)
-        token = self.mask.unsqueeze(1).float() * self.release_mask.unsqueeze(-1)  # [B, R, T]
-        residual = self.received - hidden.unsqueeze(1)
-        if self.kind == "dchi":
-            nll = self.scale * ((residual.pow(2).sum(-1) + 1e-12).sqrt() * token).sum((1, 2))
-        else:
-            nll = (residual.pow(2).sum(-1) * token).sum((1, 2)) / (2 * self.scale ** 2)
+        ids = self.ids(probs.detach())
+        for key, releases in self.by_weights.items():
+            if key is not None:
+                self.load_weights(key)
+            handle = self.embed.register_forward_hook(replace)
+            try:
+                hidden = self.half(ids, self.mask).float()
+            finally:
+                handle.remove()
+            if self.mechanism is not None:
+                hidden = self.mechanism.clip(hidden, self.mask)
+            token = self.mask.unsqueeze(1).float() * releases.unsqueeze(-1)  # [B, R, T]
+            residual = self.received - hidden.unsqueeze(1)
+            if self.kind == "dchi":
+                yield self.scale * ((residual.pow(2).sum(-1) + 1e-12).sqrt() * token).sum((1, 2))
+            else:
+                yield (residual.pow(2).sum(-1) * token).sum((1, 2)) / (2 * self.scale ** 2)
         if self.prior_terms is None or self.settings.prior_weight == 0:
-            return nll
+            return
         first, pair = self.prior_terms
         mask = self.mask.float()
         if self.cand is None:
             head = probs[:, 0] @ first
-            chain = torch.einsum("bta,ab,btb->bt", probs[:, :-1], pair, probs[:, 1:])
+            chain = torch.einsum("nti,ij,ntj->nt", probs[:, :-1], pair, probs[:, 1:])
         else:
             head = (probs[:, 0] * first).sum(-1)
-            chain = torch.einsum("bta,btab,btb->bt", probs[:, :-1], pair, probs[:, 1:])
+            chain = torch.einsum("nti,ntij,ntj->nt", probs[:, :-1], pair, probs[:, 1:])
         log_prior = head * mask[:, 0] + (chain * mask[:, 1:]).sum(1)
-        return nll - self.settings.prior_weight * log_prior
+        yield -self.settings.prior_weight * log_prior
+
+    @torch.no_grad()
+    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
+        """``[B]`` objective of ``probs`` (no gradient)."""
+        return sum(self.parts(probs), torch.zeros(probs.shape[0]))
+
+    def gradient(self, logits: torch.Tensor) -> torch.Tensor:
+        """d (summed objective of softmax(logits)) / d logits, part by part (see :meth:`parts`)."""
+        probs = torch.softmax(logits, -1)
+        grad = torch.zeros_like(logits)
+        for part in self.parts(probs):
+            grad += torch.autograd.grad(part.sum(), logits, retain_graph=True)[0]
+        return grad
 
 
 def optimisation_inversion(half: nn.Module, releases: Sequence[Sequence[torch.Tensor]],
                            mechanism: ActivationMechanism | None, vocab: int, *,
                            candidates: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
                            prior: BigramPrior | None = None, settings: OptimisationSettings = OptimisationSettings(),
-                           pad_id: int | None = 0) -> OptimisationResult:
+                           pad_id: int | None = 0, release_weights: Sequence[Sequence[Hashable]] | None = None,
+                           load_weights: Callable[[Hashable], object] | None = None) -> OptimisationResult:
     """Reconstruct each example's tokens from all its releases (``releases[i]``: list of ``[T_i, W]`` tensors as
     received) by optimising relaxed token sequences through ``half`` (the client half with the weights the
     attacker believes the client used), see the module docstring.
 
     ``candidates[i]``: ``(ids [T_i, K], initial scores [T_i, K])`` from the initialiser (best first), or None to
     search the whole vocabulary (``vocab`` tokens) from a uniform start. ``pad_id``: the tokenizer's padding
-    id (some models derive positions from it). Returns the predictions in the order of ``releases``.
+    id (some models derive positions from it). ``release_weights[i][r]``: a key naming the weights release r
+    of example i was computed with, and ``load_weights(key)`` loads them into ``half`` (both None: the weights
+    in ``half`` explain every release). Returns the predictions in the order of ``releases``.
     """
     count = len(releases)
     if candidates is not None and len(candidates) != count:
@@ -258,7 +296,7 @@ def optimisation_inversion(half: nn.Module, releases: Sequence[Sequence[torch.Te
     initial_total = final_total = 0.0
     improved = 0
     order = sorted(range(count), key=lambda i: releases[i][0].shape[0])
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _restore_mode(half, was_training):
         torch.manual_seed(settings.seed)
         for start in range(0, count, settings.batch_size):
             chunk = order[start:start + settings.batch_size]
@@ -275,15 +313,15 @@ def optimisation_inversion(half: nn.Module, releases: Sequence[Sequence[torch.Te
                     ids, scores = candidates[i]
                     cand[b, :ids.shape[0]] = ids
                     logits[b, :ids.shape[0]] = scores.float() - scores.float().max(-1, keepdim=True).values
-            objective = _Objective(half, embed, mechanism, group, cand, vocab, prior, settings, pad_id)
+            keys = None if release_weights is None else [list(release_weights[i]) for i in chunk]
+            objective = _Objective(half, embed, mechanism, group, cand, vocab, prior, settings, pad_id, keys,
+                                   load_weights)
             start_probs = F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
             logits = logits.clone().requires_grad_(True)
             optimizer = torch.optim.Adam([logits], lr=settings.learning_rate)
             for _ in range(settings.steps):
-                loss = objective(torch.softmax(logits, -1)).sum()
-                grad, = torch.autograd.grad(loss, logits)
                 optimizer.zero_grad()
-                logits.grad = grad
+                logits.grad = objective.gradient(logits)
                 optimizer.step()
             with torch.no_grad():
                 final_probs = F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
@@ -296,9 +334,16 @@ def optimisation_inversion(half: nn.Module, releases: Sequence[Sequence[torch.Te
             initial_total += float(before.sum())
             final_total += float(torch.minimum(before, after).sum())
             improved += int((better & (final_probs.argmax(-1) != start_probs.argmax(-1)).any(-1)).sum())
-    half.train(was_training)
     return OptimisationResult([p for p in predicted if p is not None], initial_total / max(count, 1),
                               final_total / max(count, 1), improved)
+
+
+@contextmanager
+def _restore_mode(half: nn.Module, training: bool) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        half.train(training)
 
 
 def objective_scale_note(mechanism: ActivationMechanism | None, settings: OptimisationSettings) -> str:

@@ -35,7 +35,7 @@ from fedguard.attacks.membership import (
     membership_attacks,
     sample_members,
 )
-from fedguard.attacks.client_weights import attacker_client_half
+from fedguard.attacks.client_weights import AttackerHalf, attacker_client_half
 from fedguard.attacks.metrics import (
     SENTIMENT_MIN_COUNT,
     SENTIMENT_MIN_LOG_ODDS,
@@ -46,7 +46,12 @@ from fedguard.attacks.metrics import (
     token_recovery_rate,
     token_set_f1,
 )
-from fedguard.attacks.optimisation import BigramPrior, OptimisationSettings, objective_scale_note, optimisation_inversion
+from fedguard.attacks.optimisation import (
+    BigramPrior,
+    OptimisationSettings,
+    objective_scale_note,
+    optimisation_inversion,
+)
 from fedguard.attacks.run_dir import Captures, RunDirError, load_captures, load_run_config, load_trained_rows
 from fedguard.config import RunConfig
 from fedguard.data.canaries import evaluation_rows
@@ -203,7 +208,8 @@ def run_inversion(run_dir: Path, options: AttackOptions = AttackOptions()) -> di
     ``learned-inversion`` (inverter trained through the initial client half), ``learned-inversion-final``
     (through the half with the run's final client adapter), ``nn-inversion-averaged`` and
     ``learned-inversion-averaged`` (each example's releases averaged first), ``optimisation-inversion``
-    (all releases, final weights, initialised by the final inverter, bigram prior from public text)."""
+    (all releases, each with the client adapter its round started from, initialised by the final inverter,
+    bigram prior from public text)."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     captures = load_captures(run_dir)
@@ -275,19 +281,25 @@ def run_inversion(run_dir: Path, options: AttackOptions = AttackOptions()) -> di
     cut = inv.cut_of(attacker.half)
     note = ("" if captures.split_layer == 0 else
             f" (split-layer={captures.split_layer}: compared with layer-0 embeddings, a weak heuristic here)")
-    nn_settings = {"metric": "cosine", "vocabulary": vocab,
-                   "candidates": "embedding outputs" + (" through the final cut_down" if cut is not None else "")}
-    predicted = inv.nearest_neighbour_inversion(captures.hidden, model, project=cut)
+    nn_settings = {"metric": "cosine", "vocabulary": vocab, "candidates": "embedding outputs" + (
+        " through cut_down as sent at the start of each release's round (final weights where unrecorded)"
+        if cut is not None else "")}
+    predicted = _nn_by_round(captures.hidden, [rounds[0] for rounds in captures.release_rounds], model, attacker)
     metrics = score(predicted)
     out["nn-inversion"] = entry("nearest-neighbour inversion against the embedding table (cosine similarity)" + note,
                                 nn_settings, predicted, metrics,
                                 _recovery_verdict("nearest-neighbour inversion", metrics, chance, positions), started)
+    attacker.use("final")
     started = time.perf_counter()
-    predicted = inv.nearest_neighbour_inversion(averaged, model, project=cut)
+    repeated = releases["examples_with_repeats"] > 0  # else the means are the first releases: same answers
+    predicted = inv.nearest_neighbour_inversion(averaged, model, project=cut) if repeated else predicted
     metrics = score(predicted)
+    averaged_settings = {**nn_settings, "releases": releases}
+    if repeated and cut is not None:
+        averaged_settings["candidates"] = "embedding outputs through the final cut_down"
     out["nn-inversion-averaged"] = entry(
-        "nearest-neighbour inversion of the mean of each example's releases" + note,
-        {**nn_settings, "releases": releases}, predicted, metrics,
+        "nearest-neighbour inversion of the mean of each example's releases" + note, averaged_settings,
+        predicted, metrics,
         _recovery_verdict("nearest-neighbour inversion (averaged releases)", metrics, reference, positions), started,
         averaged_release)
 
@@ -330,7 +342,7 @@ def run_inversion(run_dir: Path, options: AttackOptions = AttackOptions()) -> di
         _recovery_verdict("learned inversion (final weights)", metrics, reference, positions), started)
 
     started = time.perf_counter()
-    predicted = final_inverter.predict(averaged)
+    predicted = final_inverter.predict(averaged) if repeated else predicted
     metrics = score(predicted)
     out["learned-inversion-averaged"] = entry(
         "the final-weights learned inverter on the mean of each example's releases",
@@ -345,13 +357,20 @@ def run_inversion(run_dir: Path, options: AttackOptions = AttackOptions()) -> di
     if 0 < settings.max_examples < len(chosen):
         pick = np.random.default_rng(options.seed + 1).permutation(len(chosen))[:settings.max_examples]
         chosen = sorted(int(i) for i in pick)
-    attacker.use("final")
+    opt_weights = attacker.use("final")
     candidates = (final_inverter.top_candidates([averaged[i] for i in chosen], settings.candidates)
                   if settings.candidates > 0 else None)
     bigram = BigramPrior(public_ids, vocab)
+    per_round = attacker.trainable and bool(attacker.round_start)
+    keys = ([[r if r in attacker.round_start else "final" for r in captures.release_rounds[i]] for i in chosen]
+            if per_round else None)
     result = optimisation_inversion(attacker.half, [captures.releases[i] for i in chosen], mechanism, vocab,
                                     candidates=candidates, prior=bigram,
-                                    settings=replace(settings, seed=options.seed), pad_id=tokenizer.pad_token_id)
+                                    settings=replace(settings, seed=options.seed), pad_id=tokenizer.pad_token_id,
+                                    release_weights=keys, load_weights=attacker.use if per_round else None)
+    if per_round:
+        opt_weights = (f"per release, the global client adapter the server sent at the start of its round "
+                       f"(recorded for rounds {sorted(attacker.round_start)}; else {opt_weights})")
     metrics = score(result.predicted, chosen)
     metrics["objective_initial"] = result.objective_initial
     metrics["objective_final"] = result.objective_final
@@ -359,9 +378,9 @@ def run_inversion(run_dir: Path, options: AttackOptions = AttackOptions()) -> di
     opt_positions = sum(int(sum(1 for t in truth[i].tolist() if t not in special)) for i in chosen)
     out["optimisation-inversion"] = entry(
         "optimisation inversion (BiSR/PIA style): relaxed token sequences optimised so that the client half "
-        "(final weights, the mechanism's clipping) reproduces every release under the noise likelihood, plus a "
-        "bigram prior from public text; initialised by the final-weights learned inverter",
-        {**asdict(settings), "seed": options.seed, "attacker_weights": final_weights,
+        "(each release's round weights, the mechanism's clipping) reproduces every release under the noise "
+        "likelihood, plus a bigram prior from public text; initialised by the final-weights learned inverter",
+        {**asdict(settings), "seed": options.seed, "attacker_weights": opt_weights,
          "attacked_examples": len(chosen), "likelihood": objective_scale_note(mechanism, settings),
          "prior": f"bigram over token ids of the {len(rows)} public sentences (Witten-Bell-like smoothing)",
          "initialisation": (f"top-{settings.candidates} tokens per position of learned-inversion-final on the "
@@ -372,6 +391,22 @@ def run_inversion(run_dir: Path, options: AttackOptions = AttackOptions()) -> di
 
     out[SUMMARY] = _summary(out, baseline, reference, positions, sentiment, run_settings)
     return out
+
+
+def _nn_by_round(hidden: Sequence[torch.Tensor], rounds: Sequence[int], model: torch.nn.Module,
+                 attacker: AttackerHalf) -> list[torch.Tensor]:
+    """Nearest-neighbour inversion; with a bottleneck, each release's candidates go through the ``cut_down`` the
+    client had at the start of that release's round (the final one where that is not recorded)."""
+    if inv.cut_of(attacker.half) is None:
+        return inv.nearest_neighbour_inversion(hidden, model)
+    out: list[torch.Tensor | None] = [None] * len(hidden)
+    for server_round in sorted(set(rounds)):
+        attacker.use(server_round)
+        which = [i for i, r in enumerate(rounds) if r == server_round]
+        found = inv.nearest_neighbour_inversion([hidden[i] for i in which], model, project=inv.cut_of(attacker.half))
+        for i, predicted in zip(which, found):
+            out[i] = predicted
+    return [p for p in out if p is not None]
 
 
 def _summary(entries: dict[str, dict], baseline: dict, reference: float, positions: int,

@@ -11,6 +11,8 @@ import torch
 
 from fedguard.attacks.inversion import (
     InverterSettings,
+    average_releases,
+    cut_of,
     embedding_candidates,
     input_embedding_table,
     nearest_neighbour_inversion,
@@ -20,6 +22,7 @@ from fedguard.attacks.inversion import (
 )
 from fedguard.attacks.metrics import token_recovery_rate
 from fedguard.mechanisms.activations import ActivationPrivacy
+from fedguard.mechanisms.embedding_dchi import EmbeddingDChi
 from fedguard.model.split import split_model
 from tests.conftest import VOCAB, make_tiny
 
@@ -36,18 +39,22 @@ def _batches(count: int, seed: int, length: int = 12) -> list[tuple[torch.Tensor
     return [(ids[i:i + 16], mask[i:i + 16]) for i in range(0, count, 16)]
 
 
-def _sent(client, batches, privacy):  # noqa: ANN001, ANN202
-    """What the client sends (dropout on, then clip and noise), padding removed, with the true tokens."""
+def _sent(client, batches, privacy, releases: int = 1):  # noqa: ANN001, ANN202
+    """What the client sends (dropout on, then clip and noise), padding removed, with the true tokens; with
+    ``releases`` > 1, a list of that many releases per example (a fresh forward pass and noise draw each)."""
     generator = torch.Generator().manual_seed(7)
     client.train()
     hidden, truth = [], []
     with torch.no_grad():
         for ids, mask in batches:
-            states = client(ids, mask)
-            if privacy is not None:
-                states = privacy.clip(states, mask) + privacy.noise(states, mask, generator)
+            sent = []
+            for _ in range(releases):
+                states = client(ids, mask)
+                if privacy is not None:
+                    states = privacy.clip(states, mask) + privacy.noise(states, mask, generator)
+                sent.append(states)
             for j, n in enumerate(mask.sum(1).tolist()):
-                hidden.append(states[j, :n])
+                hidden.append(sent[0][j, :n] if releases == 1 else [s[j, :n] for s in sent])
                 truth.append(ids[j, :n])
     return hidden, truth
 
@@ -84,9 +91,33 @@ def test_nearest_neighbour_is_at_chance_under_heavy_activation_noise():
     assert token_recovery_rate(nearest_neighbour_inversion(hidden, model), truth) <= 3 * CHANCE + 0.02
 
 
-def _learned_recovery(privacy: ActivationPrivacy | None) -> float:
+def test_with_a_bottleneck_candidates_go_through_the_cut_too():
     model = make_tiny("bert-cls")
-    client, _ = split_model(model, 1)
+    client, _ = split_model(model, 0, bottleneck_dim=24, seed=0)
+    hidden, truth = _sent(client, _batches(48, seed=1), ActivationPrivacy(0.5, 0.0))
+    assert hidden[0].shape[-1] == 24 and cut_of(client) is client.cut_down
+    assert token_recovery_rate(nearest_neighbour_inversion(hidden, model, project=cut_of(client)), truth) >= 0.95
+    assert cut_of(split_model(model, 0)[0]) is None
+
+
+def test_averaging_independent_releases_beats_one_release_where_one_is_weak():
+    model = make_tiny("bert-cls")
+    client, _ = split_model(model, 0)
+    releases, truth = _sent(client, _batches(48, seed=1), ActivationPrivacy(1.0, 0.1), releases=8)
+    one = token_recovery_rate(nearest_neighbour_inversion([r[0] for r in releases], model), truth)
+    averaged = token_recovery_rate(nearest_neighbour_inversion(average_releases(releases), model), truth)
+    assert one < 0.4 and averaged > 0.75  # 8 releases: the mean has 1/sqrt(8) of the noise
+
+
+def test_bit_identical_releases_average_to_that_release():
+    release = torch.randn(5, 4)
+    assert torch.equal(average_releases([[release, release.clone(), release.clone()]])[0], release)
+    assert average_releases([[release]])[0] is release
+
+
+def _learned_recovery(privacy: ActivationPrivacy | EmbeddingDChi | None, split: int = 1) -> float:
+    model = make_tiny("bert-cls")
+    client, _ = split_model(model, split)
     public = public_hidden_states(client, _batches(160, seed=2), privacy, views=2)  # public text: other sequences
     inverter = train_learned_inverter(public, input_embedding_table(model), privacy,
                                       InverterSettings(width=128, epochs=6))
@@ -100,6 +131,11 @@ def test_learned_inverter_at_split_1_recovers_far_above_chance_in_clear():
 
 def test_learned_inverter_drops_to_chance_under_heavy_activation_noise():
     assert _learned_recovery(HEAVY) <= 3 * CHANCE + 0.02
+
+
+def test_learned_inverter_is_trained_under_the_d_chi_mechanism_too():
+    assert _learned_recovery(EmbeddingDChi(eta=100.0, token_clip=1.0, max_tokens=12), split=0) >= 0.8
+    assert _learned_recovery(EmbeddingDChi(eta=0.5, token_clip=1.0, max_tokens=12), split=0) <= 3 * CHANCE + 0.02
 
 
 def test_positional_prior_guesses_the_most_frequent_public_token_at_each_position():

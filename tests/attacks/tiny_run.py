@@ -21,14 +21,16 @@ from tests.apps.flwr_harness import ROOT
 from tests.apps.loopback import LoopbackGrid, node_contexts
 
 
-def save_tiny_bert(folder: Path, hidden: int = 64, layers: int = 2) -> Path:
+def save_tiny_bert(folder: Path, hidden: int = 64, layers: int = 2, dropout: float = 0.1) -> Path:
     """A random BERT encoder with the MiniLM vocabulary, loadable as ``model = folder``. Like the packaged MiniLM
-    it is saved without a classification head, so loading it for classification initialises one at random."""
+    it is saved without a classification head, so loading it for classification initialises one at random.
+    ``dropout``: its hidden and attention dropout (BERT's default 0.1)."""
     tokenizer = load_tokenizer(ModelSpec("", "classification"))
     torch.manual_seed(0)
     model = BertModel(BertConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-        intermediate_size=2 * hidden, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id))
+        intermediate_size=2 * hidden, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
