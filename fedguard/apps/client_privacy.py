@@ -37,9 +37,9 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from fedguard.config import RunConfig
-from fedguard.mechanisms.activations import ActivationMechanism, ActivationPrivacy
+from fedguard.mechanisms.activations import ActivationMechanism
+from fedguard.mechanisms.choice import choose_activation_mechanism
 from fedguard.mechanisms.dp_sgd import WholeModelDP
-from fedguard.mechanisms.embedding_dchi import EmbeddingDChi
 from fedguard.mechanisms.labels import label_event
 from fedguard.mechanisms.sampling import new_secret
 from fedguard.privacy import MechanismEvent, PrivacyLedger, noise_multiplier_for
@@ -93,11 +93,9 @@ class ClientPrivacy:
         self.dp = (WholeModelDP(sigma, config.dp_max_grad_norm, config.dp_server_max_grad_norm)
                    if sigma > 0 else None)
         self.expected_batch_size = max(1, round(self.sample_rate * shard_size))
-        self.activation: ActivationMechanism | None = None
-        if config.act_clip_norm > 0:
-            self.activation = ActivationPrivacy(config.act_clip_norm, config.act_noise_multiplier)
-        elif config.dchi_eta > 0:
-            self.activation = EmbeddingDChi(config.dchi_eta, config.dchi_token_clip, config.max_length)
+        self.activation: ActivationMechanism | None = choose_activation_mechanism(
+            config.act_clip_norm, config.act_noise_multiplier, config.dchi_eta, config.dchi_token_clip,
+            config.max_length)
         self.max_epsilon = _stricter(config.max_epsilon, float(node.get("max-epsilon", 0.0)))
         self.max_activation_epsilon = _stricter(config.max_activation_epsilon,
                                                 float(node.get("max-activation-epsilon", 0.0)))

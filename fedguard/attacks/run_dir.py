@@ -16,7 +16,7 @@ import torch
 from fedguard.outputs.capture import CAPTURE_DIR, load_capture_file
 from fedguard.config import RunConfig
 from fedguard.mechanisms.activations import ActivationMechanism, ActivationPrivacy
-from fedguard.mechanisms.embedding_dchi import EmbeddingDChi
+from fedguard.mechanisms.choice import choose_activation_mechanism
 
 RERUN_HINT = ("re-run with capture-activations=N, e.g. flwr run . --run-config \"capture-activations=64\" "
               "(it records the first N examples each client sends and the rows it trains on)")
@@ -90,7 +90,7 @@ class Captures:
 
 def activation_mechanism(meta: dict, config: RunConfig | None = None) -> ActivationMechanism | None:
     """The mechanism a client of this run applied to the states it sent, built as the client builds it
-    (:class:`fedguard.apps.client_privacy.ClientPrivacy`): ``act-clip-norm`` > 0 → Gaussian
+    (:func:`fedguard.mechanisms.choice.choose_activation_mechanism`): ``act-clip-norm`` > 0 → Gaussian
     :class:`ActivationPrivacy` (clip C, σ); else ``dchi-eta`` > 0 → :class:`EmbeddingDChi` (η, token clip,
     ``max-length`` tokens); else None (sent in clear). Settings come from the capture's ``meta``, falling back
     to the run config for keys an older capture lacks."""
@@ -99,13 +99,10 @@ def activation_mechanism(meta: dict, config: RunConfig | None = None) -> Activat
             return meta[key]
         return getattr(config, key.replace("-", "_"), default) if config is not None else default
 
-    clip = float(value("act-clip-norm", 0.0) or 0.0)
-    if clip > 0:
-        return ActivationPrivacy(clip, float(value("act-noise-multiplier", 0.0) or 0.0))
-    eta = float(value("dchi-eta", 0.0) or 0.0)
-    if eta > 0:
-        return EmbeddingDChi(eta, float(value("dchi-token-clip", 1.0)), int(value("max-length", 64)))
-    return None
+    return choose_activation_mechanism(float(value("act-clip-norm", 0.0) or 0.0),
+                                       float(value("act-noise-multiplier", 0.0) or 0.0),
+                                       float(value("dchi-eta", 0.0) or 0.0), float(value("dchi-token-clip", 1.0)),
+                                       int(value("max-length", 64)))
 
 
 def _capture_files(run_dir: Path) -> list[tuple[int, Path]]:
