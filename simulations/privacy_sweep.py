@@ -216,6 +216,20 @@ def run_point(point: Point, args: argparse.Namespace) -> dict:
     }
 
 
+def _typed(row: dict) -> dict:
+    """A row read back from sweep.csv: numbers as numbers, empty cells as None."""
+    out: dict = {}
+    for key, value in row.items():
+        if value in ("", None):
+            out[key] = None
+            continue
+        try:
+            out[key] = int(value) if key in ("seed", "split_layer", "bottleneck_dim") else float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 def best_recovery(row: dict) -> float:
     """The best inversion attack's content-token recovery (0 when none ran)."""
     return max(row.get("best_recovery") or 0.0, row["nn_recovery"] or 0.0, row["learned_recovery"] or 0.0)
@@ -406,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="label-flip canaries per run (run-config canaries; 0 = off; >= 7 for a verdict)")
     parser.add_argument("--canary-repeats", type=int, default=1, help="copies of each canary in client 0's shard")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--from-csv", nargs="+", type=Path, default=[], metavar="SWEEP_CSV",
+                        help="run nothing: combine the rows of earlier sweeps' sweep.csv files into --out "
+                             "(frontier, plots, tables), e.g. points run in separate invocations or machines")
     parser.add_argument("--quick", action="store_true",
                         help="one tiny point (1 round, 2 local steps, 2 clients, small attacks): checks the pipeline")
     args = parser.parse_args(argv)
@@ -414,9 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.local_steps, args.batch_size, args.eval_examples = 1, 2, 8, 32
         args.supernodes, args.capture, args.max_examples, args.public_examples, args.epochs = 2, 8, 32, 64, 2
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows = [_typed(row) for path in args.from_csv for row in csv.DictReader(path.open())]
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or [args.seed]
-    for point in sweep_points(args):
+    for point in [] if args.from_csv else sweep_points(args):
         for seed in seeds:
             args.seed = seed
             print(f"== {point.name} (seed {seed}): {point.overrides}", flush=True)

@@ -3,7 +3,7 @@
 Runs the FedGuard app twice with `flwr run .` (3 simulated clients, same settings otherwise):
 
 - non-private: the defaults of pyproject.toml;
-- private: ``simulations/private_sst2.toml`` — whole-model DP-SGD (client adapter and server half) with the
+- private: ``simulations/dp_sgd_sst2.toml`` — whole-model DP-SGD (client adapter and server half) with the
   noise multiplier solved for a *certified* ε = 8 of the released model at δ = 1e-5 over the whole run
   (replace-one neighbours), and clipped + noised activations;
 
@@ -35,7 +35,7 @@ from fedguard.mechanisms.sampling import poisson_batch
 from fedguard.model.lora import load_trainable_state, trainable_state
 from fedguard.training.client_half import ClientHalfTrainer
 
-PRIVATE = Path(__file__).with_name("private_sst2.toml")
+PRIVATE = Path(__file__).with_name("dp_sgd_sst2.toml")
 
 
 def _fmt(value: float | None) -> str:

@@ -104,3 +104,8 @@ def test_the_decorrelation_penalty_needs_something_trainable_below_the_cut():
     with pytest.raises(ConfigError, match="dcor-weight > 0 needs something the client trains below the cut"):
         RunConfig.from_run_config({**_app_config(), "split-layer": 0, "dcor-weight": 1.0})
     RunConfig.from_run_config({**_app_config(), "split-layer": 0, "dcor-weight": 1.0, "bottleneck-dim": 8})
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "simulations").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_run_config_file_is_valid(path):
+    RunConfig.from_run_config({**_app_config(), **tomllib.loads(path.read_text())})
