@@ -12,6 +12,7 @@ from fedguard.training.dp_trainers import DPClientHalfTrainer
 from fedguard.model.lora import LoraSettings, attach_lora, load_trainable_state, trainable_state
 from fedguard.model.split import family_of, split_model
 from tests.conftest import make_tiny
+from tests.training.lora_halves import lora_halves
 
 
 def _halves():
@@ -45,10 +46,12 @@ def _server_gradient(server, hidden, mask, labels):
     return torch.autograd.grad(loss, sent)[0]
 
 
-def test_per_example_gradients_through_the_split_equal_single_example_autograd(padded_batch):
+@pytest.mark.parametrize("halves", [_halves, lambda: lora_halves(split=1, bottleneck_dim=4)],
+                         ids=["lora", "lora-and-bottleneck"])
+def test_per_example_gradients_through_the_split_equal_single_example_autograd(padded_batch, halves):
     ids, mask = padded_batch
     labels = torch.tensor([0, 2, 1])
-    client, server = _halves()
+    client, server = halves()
     params = [p for p in client.parameters() if p.requires_grad]
     # Reference: each example alone, end to end through both halves, plain autograd.
     expected = []
