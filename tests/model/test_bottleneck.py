@@ -11,9 +11,9 @@ from fedguard.data.batches import TokenBatch
 from fedguard.model.bottleneck import bottleneck_pair
 from fedguard.model.lora import trainable_state, unwrapped
 from fedguard.model.split import split_model
+from fedguard.protocol.messages import ActivationBatch
 from fedguard.training.client_half import ClientHalfTrainer
 from fedguard.training.server_half import ServerHalfTrainer
-from fedguard.protocol.messages import ActivationBatch
 from tests.conftest import make_tiny
 from tests.training.lora_halves import lora_halves
 
