@@ -63,7 +63,7 @@ class ServerSession:
         self.refused: str | None = None
         self.dropped_reason: str | None = None
         self.deferred: list[list] = []  # U-shape middle gradients to apply after the exchange (Flower transport)
-        self._pending: tuple[list[ActivationBatch], list[int], DpStep | None] | None = None
+        self._pending: tuple[list[ActivationBatch], list[int], DpStep | None, list[tuple[int, ...]]] | None = None
         self._owner: int | None = None  # the thread that holds ``lock`` for this session
 
     @property
