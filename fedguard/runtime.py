@@ -19,6 +19,7 @@ Each process loads only what it runs, where it runs it:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import gc
@@ -123,6 +124,15 @@ def model_spec(config: RunConfig, num_labels: int) -> ModelSpec:
     return ModelSpec(config.model, config.task, num_labels)
 
 
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the body with torch's CPU generator seeded with ``seed``, and restore the caller's state after it:
+    what a run draws at set-up (a new task head, LoRA's initial A matrices) depends on its seed only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 @functools.lru_cache(maxsize=2)
 def split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, seed: int,
                   u_shape: bool = False, device: str = "cpu", precision: str = "fp32",
@@ -132,12 +142,12 @@ def split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, seed: i
     before placement, so they do not depend on the device)."""
     quiet_libraries()
     tokenizer = load_tokenizer(spec)
-    model = load_task_model(spec, tokenizer.pad_token_id)
+    with seeded(seed):  # a new task head is drawn from the run's seed, as in client_split_runtime
+        model = load_task_model(spec, tokenizer.pad_token_id)
     family = family_of(model)
     check_targets_exist(model, lora, family)
     client, server = split_model(model, split_layer, u_shape=u_shape, bottleneck_dim=bottleneck_dim, seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         client = attach_lora(client, lora, family)
         server = attach_lora(server, lora, family)
     place(torch.device(device), model, client, server)
@@ -167,12 +177,13 @@ def client_split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, 
     """
     quiet_libraries()
     tokenizer = load_tokenizer(spec)
-    if can_load_first_blocks(spec) and split_layer >= 0:  # out of range: split_model raises SplitError below
-        first = load_first_blocks(spec, split_layer, tokenizer.pad_token_id)
-        model, total = first.model, first.num_blocks
-    else:
-        first, model = None, load_task_model(spec, tokenizer.pad_token_id)
-        total = num_blocks(model)
+    with seeded(seed):  # a U-shaped client's new head: the same draws as split_runtime's
+        if can_load_first_blocks(spec) and split_layer >= 0:  # out of range: split_model raises SplitError below
+            first = load_first_blocks(spec, split_layer, tokenizer.pad_token_id)
+            model, total = first.model, first.num_blocks
+        else:
+            first, model = None, load_task_model(spec, tokenizer.pad_token_id)
+            total = num_blocks(model)
     family = family_of(model)  # of the model as loaded: its num_blocks is what the block list holds
     check_targets_exist(model, lora, family)
     client, _ = split_model(model, split_layer, u_shape=u_shape,  # the server view is dropped at once
@@ -182,8 +193,7 @@ def client_split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, 
         release_freed_memory()  # the server's blocks are unreachable now: give their memory back
     else:
         first.restore_config()  # the checkpoint's config again, as the blocks of a whole load see it
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         client = attach_lora(client, lora, family)
     place(torch.device(device), model, client)
     family = replace(family, num_blocks=total)  # the whole model's Family, as split_runtime's

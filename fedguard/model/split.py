@@ -876,12 +876,9 @@ def check_splittable(config: Any, task: str, split_layer: int | None = None) -> 
 
 def _small_config(config: Any, layers: int, vocab: int = 256) -> Any:
     """A copy of ``config`` with ``layers`` blocks (per-layer lists cut to match) and at most ``vocab`` tokens."""
-    small = copy.deepcopy(config)
-    total = config.num_hidden_layers
-    for key, value in list(vars(small).items()):
-        if isinstance(value, (list, tuple)) and len(value) == total and key != "architectures":
-            setattr(small, key, type(value)(value[:layers]))
-    small.num_hidden_layers = layers
+    from fedguard.model.loading import first_blocks_config  # no cycle: loading does not import this module
+
+    small, _ = first_blocks_config(config, layers)
     if isinstance(getattr(small, "vocab_size", None), int) and small.vocab_size > vocab:
         small.vocab_size = vocab
         for key in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id",

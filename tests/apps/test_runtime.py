@@ -145,14 +145,18 @@ def test_a_client_process_never_loads_the_servers_blocks(monkeypatch):
     assert client.family == whole.family and client.num_blocks == 6
 
 
-def test_a_u_shaped_client_loaded_alone_has_the_whole_loads_head_under_the_same_seed():
-    """The classification head is new (random): seeded alike, the client-only load draws the same one."""
+def test_a_u_shaped_client_loaded_alone_draws_the_whole_loads_head_from_the_run_seed():
+    """The classification head is new (random): it is drawn from the run's seed, whatever the global
+    generator's state, so the client-only load has the whole load's head and another seed another head."""
     config = RunConfig.from_run_config({**CPU, "label-protection": "u-shape"})
     args = (model_spec(config, 2), config.split_layer, lora_settings(config), config.seed, True)
     torch.manual_seed(11)
     whole = split_runtime.__wrapped__(*args)
-    torch.manual_seed(11)
+    torch.manual_seed(12)
     client = client_split_runtime.__wrapped__(*args)
+    other_seed = client_split_runtime.__wrapped__(*args[:3], config.seed + 1, True)
+    head = "base_model.model.classifier.modules_to_save.default.weight"
+    assert not torch.equal(trainable_state(other_seed.client)[head], trainable_state(client.client)[head])
     expected, got = trainable_state(whole.client), trainable_state(client.client)
     assert got.keys() == expected.keys() and any(name.startswith("base_model.model.classifier") for name in got)
     for name in got:
