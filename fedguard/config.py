@@ -24,7 +24,6 @@ ACTIVATION_COMPRESSIONS = ("none", "int8", "topk")  # see fedguard/protocol/wire
 SPLIT_TRANSPORTS = ("stream", "flower")  # see fedguard/apps/transports.py
 DEVICE_SETTING = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")  # checked against the machine by fedguard/model/device.py
 PRECISIONS = ("fp32", "bf16")
-BOTTLENECK_INITS = ("random", "public-pca")  # how the bottleneck's maps start (fedguard.model.bottleneck)
 ACTIVATION_REUSE = ("none", "round", "run")  # how often an example's noised release is redrawn (see below)
 
 
@@ -88,9 +87,6 @@ class RunConfig:
     # again unchanged; needs a frozen bottom: split-layer 0, no bottleneck). dcor-weight: distance-correlation
     # penalty between each example's input token embeddings and what it sends (empirical, no guarantee).
     bottleneck_dim: int = 0
-    # bottleneck-init: "random" (seeded orthogonal projection) or "public-pca" (affine maps onto the principal
-    # subspace of public calibration text's states at the cut, fitted by the server; fedguard/model/bottleneck.py).
-    bottleneck_init: str = "random"
     activation_reuse: str = "none"
     dcor_weight: float = 0.0
     # d_chi only: SAP's contributing-token allocation, noise / (1 + dchi-importance) on tokens with strong label
@@ -286,8 +282,6 @@ class RunConfig:
              "max-activation-epsilon needs act-noise-multiplier > 0 or dchi-eta > 0")
         need(self.bottleneck_dim >= 0, f"bottleneck-dim={self.bottleneck_dim}: must be >= 0 (0 = off; at most "
              "the model's hidden size, checked when the model is loaded)")
-        need(self.bottleneck_init in BOTTLENECK_INITS,
-             f"bottleneck-init={self.bottleneck_init!r}: allowed {', '.join(BOTTLENECK_INITS)}")
         need(self.activation_reuse in ACTIVATION_REUSE,
              f"activation-reuse={self.activation_reuse!r}: allowed {', '.join(ACTIVATION_REUSE)}")
         need(not (self.activation_reuse != "none" and not self.activation_noise_enabled),

@@ -32,7 +32,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fedguard.quiet import quiet_libraries
-from fedguard.config import BOTTLENECK_INITS, RunConfig
+from fedguard.config import RunConfig
 from fedguard.data.batches import TokenBatch, tokenize
 from fedguard.data.canaries import CANARY_ROW, canary_copies, receives_canaries
 from fedguard.data.instructions import InstructionDataset, load_instruction_splits, tokenize_instructions
@@ -136,20 +136,17 @@ def seeded(seed: int) -> Iterator[None]:
 @functools.lru_cache(maxsize=2)
 def split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, seed: int,
                   u_shape: bool = False, device: str = "cpu", precision: str = "fp32",
-                  bottleneck_dim: int = 0, bottleneck_init: str = "random") -> SplitRuntime:
+                  bottleneck_dim: int = 0) -> SplitRuntime:
     """Load, split and LoRA-wrap the whole model, then place it on ``device`` (a resolved torch device
     string: ``cpu``, ``cuda``, ``cuda:N``). LoRA's initial A matrices are drawn with ``seed`` (on the CPU,
-    before placement, so they do not depend on the device). A bottleneck starts as ``bottleneck_init`` says
-    (:func:`initial_bottleneck`)."""
+    before placement, so they do not depend on the device)."""
     quiet_libraries()
     tokenizer = load_tokenizer(spec)
     with seeded(seed):  # a new task head is drawn from the run's seed, as in client_split_runtime
         model = load_task_model(spec, tokenizer.pad_token_id)
     family = family_of(model)
     check_targets_exist(model, lora, family)
-    client, server = split_model(model, split_layer, u_shape=u_shape, bottleneck_dim=bottleneck_dim, seed=seed,
-                                 bottleneck_centred=bottleneck_init == "public-pca")
-    initial_bottleneck(client, server, tokenizer, bottleneck_init)
+    client, server = split_model(model, split_layer, u_shape=u_shape, bottleneck_dim=bottleneck_dim, seed=seed)
     with seeded(seed):
         client = attach_lora(client, lora, family)
         server = attach_lora(server, lora, family)
@@ -158,35 +155,11 @@ def split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, seed: i
                         u_shape, torch.device(device), precision, server=server)
 
 
-CALIBRATION_MAX_LENGTH = 128  # tokens per calibration text (fedguard.data.calibration)
-
-
-def initial_bottleneck(client: nn.Module, server: nn.Module | None, tokenizer: PreTrainedTokenizerBase,
-                       init: str) -> float | None:
-    """Start a split's bottleneck (if it has one) as run-config ``bottleneck-init`` says: ``random`` leaves
-    the seeded maps of :func:`split_model`; ``public-pca`` fits both maps (``server=None``: ``cut_down`` only)
-    to the principal subspace of the public calibration texts' states at the cut, computed by ``client``
-    (the base model's bottom: call it before the adapter trains). Returns the variance fraction kept, or None
-    when nothing was fitted. Raises ``ValueError`` for another ``init``."""
-    from fedguard.data.calibration import calibration_texts
-    from fedguard.model.bottleneck import fit_principal_subspace, states_before_cut
-
-    if init not in BOTTLENECK_INITS:
-        raise ValueError(f"bottleneck-init={init!r}: allowed {', '.join(BOTTLENECK_INITS)}")
-    down = unwrapped(client).cut_down
-    if down is None or init == "random":
-        return None
-    states = states_before_cut(client, tokenizer, calibration_texts(), CALIBRATION_MAX_LENGTH)
-    return fit_principal_subspace(down, None if server is None else unwrapped(server).cut_up, states)
-
-
 @functools.lru_cache(maxsize=2)
 def client_split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, seed: int, u_shape: bool = False,
-                         device: str = "cpu", precision: str = "fp32", bottleneck_dim: int = 0,
-                         bottleneck_init: str = "random") -> ClientRuntime:
+                         device: str = "cpu", precision: str = "fp32", bottleneck_dim: int = 0) -> ClientRuntime:
     """Load the client half only, LoRA-wrap it (same ``seed``, so the same initial adapter as
-    :func:`split_runtime`'s) and place it on ``device``. A ``public-pca`` bottleneck's ``cut_down`` is built
-    with its bias but not fitted here: every round's train message carries the server's (fitted) one.
+    :func:`split_runtime`'s) and place it on ``device``.
 
     The model is built with its first ``split_layer`` blocks only by
     :func:`fedguard.model.loading.load_first_blocks` (at least one: a ``split-layer = 0`` client runs none;
@@ -214,8 +187,7 @@ def client_split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, 
     family = family_of(model)  # of the model as loaded: its num_blocks is what the block list holds
     check_targets_exist(model, lora, family)
     client, _ = split_model(model, split_layer, u_shape=u_shape,  # the server view is dropped at once
-                            bottleneck_dim=bottleneck_dim, seed=seed,
-                            bottleneck_centred=bottleneck_init == "public-pca")
+                            bottleneck_dim=bottleneck_dim, seed=seed)
     drop_server_part(model, family, split_layer, u_shape)
     if first is None:
         release_freed_memory()  # the server's blocks are unreachable now: give their memory back
@@ -287,8 +259,7 @@ def runtime_for(config: RunConfig, num_labels: int) -> SplitRuntime:
     """The whole split model on the CPU in fp32 (tools, tests, attacks), whatever ``device`` says (the same
     cached object as :func:`server_runtime` for a CPU server in fp32)."""
     return split_runtime(model_spec(config, num_labels), config.split_layer, lora_settings(config), config.seed,
-                         config.u_shape, "cpu", "fp32", config.bottleneck_dim,  # all positional: one lru_cache key
-                         config.bottleneck_init)
+                         config.u_shape, "cpu", "fp32", config.bottleneck_dim)  # all positional: one lru_cache key
 
 
 def server_runtime(config: RunConfig, num_labels: int) -> SplitRuntime:
@@ -296,7 +267,7 @@ def server_runtime(config: RunConfig, num_labels: int) -> SplitRuntime:
     Raises :class:`fedguard.model.device.DeviceError` at once for a CUDA device this machine lacks."""
     device = resolve_device(config.server_device, "server-device")
     return split_runtime(model_spec(config, num_labels), config.split_layer, lora_settings(config), config.seed,
-                         config.u_shape, str(device), config.precision, config.bottleneck_dim, config.bottleneck_init)
+                         config.u_shape, str(device), config.precision, config.bottleneck_dim)
 
 
 def client_runtime(config: RunConfig, num_labels: int) -> ClientRuntime:
@@ -304,8 +275,7 @@ def client_runtime(config: RunConfig, num_labels: int) -> ClientRuntime:
     Raises :class:`fedguard.model.device.DeviceError` at once for a CUDA device this machine lacks."""
     device = resolve_device(config.device, "device")
     return client_split_runtime(model_spec(config, num_labels), config.split_layer, lora_settings(config),
-                                config.seed, config.u_shape, str(device), config.precision, config.bottleneck_dim,
-                                config.bottleneck_init)
+                                config.seed, config.u_shape, str(device), config.precision, config.bottleneck_dim)
 
 
 @functools.lru_cache(maxsize=4)

@@ -42,7 +42,6 @@ def test_pyproject_run_config_is_valid_and_complete():
     ("act-noise-multiplier", 1.0, "needs act-clip-norm > 0"),
     ("accountant", "moments", "allowed edgeworth, pld, rdp"),
     ("bottleneck-dim", -1, "bottleneck-dim=-1: must be >= 0"),
-    ("bottleneck-init", "svd", "bottleneck-init='svd': allowed random, public-pca"),
     ("activation-reuse", "sometimes", "allowed none, round, run"),
     ("dcor-weight", -1.0, "dcor-weight=-1.0: must be a finite number >= 0"),
 ])

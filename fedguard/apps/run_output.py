@@ -30,8 +30,7 @@ def save_adapters(out: Path, client: nn.Module, server: nn.Module, family: Famil
     """Save both halves' adapters and the merged whole-model adapter under ``out``.
 
     With a bottleneck at the cut (``bottleneck-dim``), its two maps are in the halves' adapters and, beside the
-    merged adapter, in ``adapter/bottleneck.safetensors`` (``cut_down.weight``, with ``bottleneck-init =
-    public-pca`` ``cut_down.bias``, ``cut_up.weight``,
+    merged adapter, in ``adapter/bottleneck.safetensors`` (``cut_down.weight``, ``cut_up.weight``,
     ``cut_up.bias``): the unsplit model has no place for them, so the merged adapter alone is NOT the trained
     model there — load the halves with FedGuard (``fedguard.runtime``) instead.
     """

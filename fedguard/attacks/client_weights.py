@@ -8,7 +8,7 @@ way FedGuard's runtime builds it (task model loaded with torch seeded by the run
 tensors have the names of the run's client adapter, and knows two weight sets:
 
 * ``initial``: the adapter every client started round 1 from (LoRA's B = 0, so the base model's function;
-  the bottleneck's initial ``cut_down``: seeded, or fitted to the public calibration text);
+  the bottleneck's seeded initial ``cut_down``);
 * ``final``: the global client adapter after the run's last completed round, from ``checkpoint.pt``
   (``global_adapter``: exactly the client runtime's trainable tensors) — or, if there is no checkpoint, the
   peft folder ``client_adapter/`` (LoRA and modules saved whole);
@@ -32,7 +32,6 @@ from fedguard.outputs.capture import CAPTURE_DIR
 from fedguard.model.loading import ModelSpec, load_task_model, load_tokenizer
 from fedguard.model.lora import LoraSettings, attach_lora, load_trainable_state, trainable_state
 from fedguard.model.split import family_of, split_model
-from fedguard.runtime import initial_bottleneck
 
 CHECKPOINT_FILE = "checkpoint.pt"  # written by the ServerApp after every round (fedguard.apps.checkpoint)
 CLIENT_ADAPTER_DIR = "client_adapter"  # the client half's peft adapter (fedguard.apps.run_output)
@@ -97,11 +96,8 @@ def attacker_client_half(run_dir: Path, config: RunConfig, model_name: str, task
         torch.manual_seed(config.seed)
         model = load_task_model(spec, tokenizer.pad_token_id).eval()
     family = family_of(model)
-    init = getattr(config, "bottleneck_init", "random")
-    extra = ({"bottleneck_dim": int(bottleneck_dim), "seed": config.seed,
-              "bottleneck_centred": init == "public-pca"} if bottleneck_dim else {})
+    extra = {"bottleneck_dim": int(bottleneck_dim), "seed": config.seed} if bottleneck_dim else {}
     client, _ = split_model(model, split_layer, u_shape=config.u_shape, **extra)
-    initial_bottleneck(client, None, tokenizer, init)  # the server's public fit, as the run's runtime did
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         client = attach_lora(client, _lora(config), family)

@@ -739,15 +739,13 @@ class ServerHalf(_Half):
 
 
 def split_model(task_model: nn.Module, split_layer: int, u_shape: bool = False, bottleneck_dim: int = 0,
-                seed: int = 0, bottleneck_centred: bool = False) -> tuple[ClientHalf, ServerHalf]:
+                seed: int = 0) -> tuple[ClientHalf, ServerHalf]:
     """Split ``task_model`` after block ``split_layer`` (0 = only the embeddings on the client).
 
     ``u_shape``: the client half also keeps the top and the task head (:meth:`ClientHalf.head`) and the
     server half is the middle blocks only, so ``client.head(server(client(x)))`` is the model's logits.
     ``bottleneck_dim`` k > 0: a learned ``H → k → H`` bottleneck at the cut (:mod:`fedguard.model.bottleneck`,
-    initialised from ``seed``; ``bottleneck_centred``: ``cut_down`` has a bias, for
-    :func:`fedguard.model.bottleneck.fit_principal_subspace`); the composition is then exact only up to its
-    (initially projecting) maps.
+    initialised from ``seed``); the composition is then exact only up to its (initially projecting) maps.
 
     Raises :class:`SplitError` for an architecture that cannot be split or ``split_layer`` outside
     ``[0, num_blocks]``.
@@ -759,7 +757,7 @@ def split_model(task_model: nn.Module, split_layer: int, u_shape: bool = False, 
     if bottleneck_dim:
         from fedguard.model.bottleneck import add_bottleneck  # no cycle: bottleneck imports torch only
 
-        add_bottleneck(client, server, int(task_model.config.hidden_size), bottleneck_dim, seed, bottleneck_centred)
+        add_bottleneck(client, server, int(task_model.config.hidden_size), bottleneck_dim, seed)
     return client, server
 
 

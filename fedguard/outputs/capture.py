@@ -117,7 +117,6 @@ class ActivationCapture:
                     "act-noise-multiplier": c.act_noise_multiplier, "label-protection": c.label_protection,
                     "dchi-eta": c.dchi_eta, "dchi-token-clip": c.dchi_token_clip,
                     "bottleneck-dim": getattr(c, "bottleneck_dim", 0),
-                    "bottleneck-init": getattr(c, "bottleneck_init", "random"),
                     "activation-reuse": getattr(c, "activation_reuse", "none"),
                 }}
 

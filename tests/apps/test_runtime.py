@@ -201,36 +201,3 @@ def test_the_whole_load_fallback_gives_the_same_client_runtime(monkeypatch):
     fallback.client.eval(), partial.client.eval()
     with torch.no_grad():
         assert torch.equal(fallback.client(ids, mask), partial.client(ids, mask))
-
-
-def test_a_public_pca_bottleneck_starts_on_the_calibration_texts_principal_subspace(tmp_path):
-    """The server fits the maps to public text (no client data); the attacker, rebuilding the client half from
-    the run config, starts from the same ``cut_down`` the clients received in round 1."""
-    from fedguard.attacks.client_weights import attacker_client_half
-    from fedguard.data.calibration import calibration_texts
-    from fedguard.model.bottleneck import states_before_cut
-
-    config = RunConfig.from_run_config({**CPU, "bottleneck-dim": 4, "bottleneck-init": "public-pca"})
-    whole = split_runtime.__wrapped__(model_spec(config, 2), config.split_layer, lora_settings(config), config.seed,
-                                      False, "cpu", "fp32", 4, "public-pca")
-    down, up = unwrapped(whole.client).cut_down, unwrapped(whole.server).cut_up
-    torch.testing.assert_close(down.weight @ down.weight.T, torch.eye(4), atol=1e-5, rtol=0)
-    states = states_before_cut(whole.client, whole.tokenizer, calibration_texts()[:64], 128)
-    seeded = runtime_for(RunConfig.from_run_config({**CPU, "bottleneck-dim": 4}), 2)
-
-    def variance_kept(down, up):  # of the public states, by the server's reconstruction up(down(h))
-        return float(1 - (up(down(states)) - states).pow(2).sum() / (states - states.mean(0)).pow(2).sum())
-
-    with torch.no_grad():
-        sent = down(states)
-        assert sent.mean(0).abs().max() < 0.1 * sent.std(0).min()  # centred on public text
-        assert variance_kept(down, up) > 0.1
-        assert variance_kept(unwrapped(seeded.client).cut_down, unwrapped(seeded.server).cut_up) < 0  # not even μ
-    attacker = attacker_client_half(tmp_path, config, config.model, config.task, 2, config.split_layer, 4)
-    expected = trainable_state(whole.client)
-    assert attacker.initial.keys() == expected.keys()
-    for name in expected:
-        assert torch.equal(attacker.initial[name], expected[name]), name
-    client = client_split_runtime.__wrapped__(model_spec(config, 2), config.split_layer, lora_settings(config),
-                                              config.seed, False, "cpu", "fp32", 4, "public-pca")
-    assert trainable_state(client.client).keys() == expected.keys()  # the same tensors: round 1 loads the fit

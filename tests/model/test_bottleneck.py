@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fedguard.data.batches import TokenBatch
-from fedguard.model.bottleneck import bottleneck_pair, fit_principal_subspace, states_before_cut
+from fedguard.model.bottleneck import bottleneck_pair
 from fedguard.model.lora import trainable_state, unwrapped
 from fedguard.model.split import split_model
 from fedguard.protocol.messages import ActivationBatch
@@ -27,50 +27,6 @@ def test_the_maps_start_as_an_orthogonal_projection_drawn_from_the_seed():
     again, _ = bottleneck_pair(32, 8, seed=5)
     other, _ = bottleneck_pair(32, 8, seed=6)
     assert torch.equal(again.weight, down.weight) and not torch.equal(other.weight, down.weight)
-
-
-def test_the_public_fit_maps_onto_the_principal_subspace_and_centres_what_is_sent():
-    generator = torch.Generator().manual_seed(0)
-    basis = torch.linalg.qr(torch.randn(32, 3, generator=generator))[0]
-    scales = torch.tensor([5.0, 2.0, 1.0])
-    mean = torch.randn(32, generator=generator) * 4
-    public = mean + (torch.randn(500, 3, generator=generator) * scales) @ basis.T
-    down, up = bottleneck_pair(32, 2, seed=1, centred=True)
-    kept = fit_principal_subspace(down, up, public)
-    assert kept == pytest.approx(29 / 30, abs=0.02)  # variances 25 + 4 of 30
-    sent = down(public)
-    torch.testing.assert_close(sent.mean(0), torch.zeros(2), atol=1e-4, rtol=0)  # centred: no clip norm on μ
-    best = mean + (public - mean) @ basis[:, :2] @ basis[:, :2].T  # the best rank-2 approximation
-    torch.testing.assert_close(up(sent), best, atol=0.2, rtol=0)
-    on_plane = up(down(torch.randn(7, 32, generator=generator)))
-    torch.testing.assert_close(up(down(on_plane)), on_plane, atol=1e-4, rtol=0)  # an affine projection
-    client_only, _ = bottleneck_pair(32, 2, seed=9, centred=True)
-    fit_principal_subspace(client_only, None, public)
-    assert torch.equal(client_only.weight, down.weight) and torch.equal(client_only.bias, down.bias)
-
-
-def test_the_public_fit_needs_a_centred_map_and_enough_states():
-    plain, up = bottleneck_pair(16, 4, seed=1)
-    with pytest.raises(ValueError, match="no bias"):
-        fit_principal_subspace(plain, up, torch.randn(50, 16))
-    down, up = bottleneck_pair(16, 4, seed=1, centred=True)
-    with pytest.raises(ValueError, match=r"\[N >= 4, 16\]"):
-        fit_principal_subspace(down, up, torch.randn(3, 16))
-
-
-def test_the_states_before_the_cut_are_every_real_tokens_and_leave_the_half_as_it_was(padded_batch):
-    model = make_tiny("bert-cls")
-    client, _ = split_model(model, 1, bottleneck_dim=4, seed=1, bottleneck_centred=True)
-    client.train()
-
-    class Tokenizer:  # the tiny model's vocabulary has no tokenizer: fixed ids of two lengths
-        def __call__(self, texts, **_):
-            ids = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]])[:len(texts)]
-            return {"input_ids": ids, "attention_mask": (ids != 0).long()}
-
-    states = states_before_cut(client, Tokenizer(), ["a", "b"], max_length=8)
-    assert states.shape == (7, model.config.hidden_size)  # 4 + 3 real tokens, before cut_down
-    assert client.training and client.cut_down is not None
 
 
 def test_a_full_width_bottleneck_keeps_the_split_exact(padded_batch):
