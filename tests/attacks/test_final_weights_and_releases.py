@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +100,17 @@ def test_the_report_names_the_weights_and_takes_the_maximum_over_the_attacks(run
     assert summary["verdict"].startswith(f"best of 6 reconstruction attacks ({best_content})")
     assert set(summary["best"]) >= {"content_token_recovery_rate", "content_token_recovery_above_prior",
                                     "exact_match_rate", "rouge_l_f1", "token_set_f1"}
+
+
+def test_the_attacker_strength_probe_trains_one_inverter_on_never_captured_training_rows(run, capsys, monkeypatch):
+    import runpy
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "simulations" / "attacker_strength.py"
+    monkeypatch.setattr(sys, "argv", [str(script), str(run), "--public", "train", "--public-examples", "8",
+                                      "--epochs", "1", "--max-examples", "4"])
+    runpy.run_path(str(script), run_name="__main__")
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["weights"].startswith("final global client adapter after round 2")
+    assert result["examples"] == 4 and 0 < result["public_examples"] <= 8  # the shards' rows minus the captured
+    assert 0.0 <= result["content_token_recovery_rate"] <= 1.0
