@@ -405,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="attacks run on each point: all, or only the inversions (the defences at the cut)")
     parser.add_argument("--seeds", default="", help="comma-separated seeds; every point runs once per seed")
     parser.add_argument("--resume-points", action="store_true",
-                        help="reuse finished runs found in --out (attacks are run again)")
+                        help="reuse finished runs found in --out (attacks are run again) and keep the rows of "
+                             "--out/sweep.csv this invocation does not rerun (separate invocations add up)")
     parser.add_argument("--rounds", type=int, default=6, help="as the non-private default")
     parser.add_argument("--local-steps", type=int, default=30, help="as the non-private default")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -434,13 +435,16 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.local_steps, args.batch_size, args.eval_examples = 1, 2, 8, 32
         args.supernodes, args.capture, args.max_examples, args.public_examples, args.epochs = 2, 8, 32, 64, 2
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [_typed(row) for path in args.from_csv for row in csv.DictReader(path.open())]
+    earlier = args.out / "sweep.csv"
+    sources = args.from_csv or ([earlier] if args.resume_points and earlier.is_file() else [])
+    rows = [_typed(row) for path in sources for row in csv.DictReader(path.open())]
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or [args.seed]
     for point in [] if args.from_csv else sweep_points(args):
         for seed in seeds:
             args.seed = seed
             print(f"== {point.name} (seed {seed}): {point.overrides}", flush=True)
-            rows.append(run_point(point, args))
+            row = run_point(point, args)
+            rows = [r for r in rows if (r["point"], r.get("seed")) != (row["point"], row["seed"])] + [row]
             with (args.out / "sweep.csv").open("w", newline="") as handle:  # rewritten after every run
                 writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
                 writer.writeheader()
