@@ -138,8 +138,8 @@ def split_runtime(spec: ModelSpec, split_layer: int, lora: LoraSettings, seed: i
                   u_shape: bool = False, device: str = "cpu", precision: str = "fp32",
                   bottleneck_dim: int = 0) -> SplitRuntime:
     """Load, split and LoRA-wrap the whole model, then place it on ``device`` (a resolved torch device
-    string: ``cpu``, ``cuda``, ``cuda:N``). LoRA's initial A matrices are drawn with ``seed`` (on the CPU,
-    before placement, so they do not depend on the device)."""
+    string: ``cpu``, ``cuda``, ``cuda:N``). A new task head and LoRA's initial A matrices are drawn with ``seed``
+    (on the CPU, before placement, so they do not depend on the device)."""
     quiet_libraries()
     tokenizer = load_tokenizer(spec)
     with seeded(seed):  # a new task head is drawn from the run's seed, as in client_split_runtime

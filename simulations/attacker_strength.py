@@ -47,7 +47,7 @@ def main() -> None:
     pick = np.random.default_rng(args.seed).permutation(len(captures))[:args.max_examples]
     captures = captures.subset(sorted(int(i) for i in pick))
     data = run_data(config.task, config.dataset, config.text_column, config.label_column)
-    spec = ModelSpec(config.model, config.task, max(data.num_labels, 2))
+    spec = ModelSpec(config.model, config.task, max(data.num_labels, 2) if config.task == "classification" else 0)
     tokenizer = load_tokenizer(spec)
     attacker = attacker_client_half(args.run_dir, config, config.model, config.task, spec.num_labels,
                                     captures.split_layer, int(getattr(config, "bottleneck_dim", 0)))

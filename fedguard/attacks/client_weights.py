@@ -32,6 +32,7 @@ from fedguard.outputs.capture import CAPTURE_DIR
 from fedguard.model.loading import ModelSpec, load_task_model, load_tokenizer
 from fedguard.model.lora import LoraSettings, attach_lora, load_trainable_state, trainable_state
 from fedguard.model.split import family_of, split_model
+from fedguard.runtime import seeded
 
 CHECKPOINT_FILE = "checkpoint.pt"  # written by the ServerApp after every round (fedguard.apps.checkpoint)
 CLIENT_ADAPTER_DIR = "client_adapter"  # the client half's peft adapter (fedguard.apps.run_output)
@@ -92,14 +93,12 @@ def attacker_client_half(run_dir: Path, config: RunConfig, model_name: str, task
     """Rebuild the run's client half (see the module docstring) and find its final adapter in ``run_dir``."""
     spec = ModelSpec(model_name, task, num_labels)
     tokenizer = load_tokenizer(spec)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    with seeded(config.seed):  # the run's new task head, as fedguard.runtime draws it
         model = load_task_model(spec, tokenizer.pad_token_id).eval()
     family = family_of(model)
     extra = {"bottleneck_dim": int(bottleneck_dim), "seed": config.seed} if bottleneck_dim else {}
     client, _ = split_model(model, split_layer, u_shape=config.u_shape, **extra)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    with seeded(config.seed):
         client = attach_lora(client, _lora(config), family)
     initial = trainable_state(client)
     final, source = _final_adapter(Path(run_dir), client, initial)
