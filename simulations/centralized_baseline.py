@@ -4,9 +4,12 @@ It reads the same run config as ``flwr run .`` (``pyproject.toml`` plus ``--run-
 unsplit model with LoRA on the whole training set for ``num-server-rounds x clients x local-steps`` batches —
 exactly as many examples as the federated run sees — and evaluates on the same held-out split after every
 round's worth of examples. With ``--federated PATH/metrics.json`` it prints the federated accuracies beside
-its own, so the cost of federation + split is visible in one table.
+its own, so the cost of federation + split is visible in one table. With ``--write-baseline PATH`` it also
+writes its rounds as the baseline file ``fedguard report`` draws beside the run (``RUN_DIR/baseline.json`` is
+found without ``--baseline``; format in docs/report.md).
 
-    python simulations/centralized_baseline.py --clients 3 --federated runs/latest/metrics.json
+    python simulations/centralized_baseline.py --clients 3 --federated runs/latest/metrics.json \
+        --write-baseline runs/latest/baseline.json
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run-config value, as with flwr run (repeatable)")
     parser.add_argument("--federated", type=Path, help="metrics.json of the federated run to compare with")
+    parser.add_argument("--write-baseline", type=Path, metavar="PATH",
+                        help="also write the rounds as a report baseline file (e.g. runs/latest/baseline.json)")
     args = parser.parse_args()
     quiet_libraries()
     config = _run_config(args.run_config)
@@ -72,7 +77,7 @@ def main() -> None:
     def logits_of(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    rows = []
+    rows, losses = [], []
     started = time.perf_counter()
     for server_round in range(1, config.num_server_rounds + 1):
         plan = round_batches(len(data.train), config.batch_size, steps_per_round, config.seed, 0, server_round, lengths)
@@ -88,6 +93,7 @@ def main() -> None:
         result = evaluate_joined(logits_of, eval_batches)
         examples = server_round * steps_per_round * config.batch_size
         rows.append((server_round, examples, result.accuracy, time.perf_counter() - started))
+        losses.append((result.loss, result.perplexity))
     federated = {}
     if args.federated:
         metrics = json.loads(args.federated.read_text())
@@ -100,6 +106,12 @@ def main() -> None:
         fed_text = f"{fed:10.4f}" if fed is not None else f"{'-':>10}"
         gap = f"{100 * (accuracy - fed):10.2f}" if fed is not None else f"{'-':>10}"
         print(f"{server_round:>5} {examples:>9} {accuracy:12.4f} {fed_text} {gap} {seconds:10.1f}")
+    if args.write_baseline:
+        rounds = [{"round": r, "accuracy": acc, "loss": loss, **({"perplexity": ppl} if ppl is not None else {})}
+                  for (r, _, acc, _), (loss, ppl) in zip(rows, losses)]
+        args.write_baseline.parent.mkdir(parents=True, exist_ok=True)
+        args.write_baseline.write_text(json.dumps({"label": "centralized LoRA", "rounds": rounds}, indent=1) + "\n")
+        print(f"wrote {args.write_baseline}")
 
 
 if __name__ == "__main__":
