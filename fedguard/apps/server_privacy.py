@@ -245,16 +245,21 @@ class ServerPrivacy:
 
 def rdp_epsilon(events: list[MechanismEvent], delta: float) -> float:
     """Opacus' RDP bound for a history of Poisson-subsampled Gaussian events under add/remove neighbours
-    (an unsampled replace-one event is the Gaussian mechanism with sensitivity 2: noise multiplier σ/2)."""
+    (an unsampled replace-one event is the Gaussian mechanism with sensitivity 2: noise multiplier σ/2).
+    A pure ε-DP event counts as (α, min(ε, αε²/2))-RDP at every order α (it is ε²/2-zCDP; Bun & Steinke 2016),
+    ``steps`` times."""
+    import numpy as np
     from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
     orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    alphas = np.asarray(orders, dtype=float)
     total = None
     for event in events:
         if event.is_pure:
-            continue
-        sigma = event.noise_multiplier / (2 if event.relation == REPLACE_ONE else 1)
-        rdp = compute_rdp(q=event.sample_rate, noise_multiplier=sigma, steps=event.steps, orders=orders)
+            rdp = event.steps * np.minimum(event.epsilon, alphas * event.epsilon ** 2 / 2)
+        else:
+            sigma = event.noise_multiplier / (2 if event.relation == REPLACE_ONE else 1)
+            rdp = compute_rdp(q=event.sample_rate, noise_multiplier=sigma, steps=event.steps, orders=orders)
         total = rdp if total is None else total + rdp
     if total is None:
         return 0.0

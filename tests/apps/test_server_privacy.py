@@ -138,3 +138,12 @@ def test_an_unreachable_target_epsilon_fails_before_training():
     with pytest.raises(ValueError, match="dp-target-epsilon=0.5 cannot be reached over 1000000 steps"):
         check_dp_target(RunConfig(dp_target_epsilon=0.5, num_server_rounds=1000, local_steps=1000, batch_size=60_000),
                         train_size=67_349, num_nodes=3)
+
+
+def test_rdp_column_counts_pure_epsilon_events():
+    """A pure ε event (label randomised response, d_χ) is spent, not skipped: one costs at least its ε, more
+    cost more, and beside a Gaussian history they add."""
+    gaussian = MechanismEvent("dp-sgd", noise_multiplier=1.0, sample_rate=0.01, steps=30)
+    once, thrice = (MechanismEvent("label-rr", epsilon=1.0, steps=k) for k in (1, 3))
+    assert 1.0 <= rdp_epsilon([once], 1e-5) < rdp_epsilon([thrice], 1e-5)
+    assert rdp_epsilon([gaussian, once], 1e-5) > rdp_epsilon([gaussian], 1e-5)
