@@ -21,7 +21,10 @@ The server app opens one tracker per run and feeds it after every round::
 - ``mlflow``: a local, offline store: the runs in ``OUTPUT_DIR/mlruns/mlflow.db`` (SQLite; MLflow 3 no longer
   writes its plain-file store without an opt-in) and artifacts under ``OUTPUT_DIR/mlruns/artifacts/``; the
   run config becomes the run's parameters. View with full MLflow: ``mlflow ui --backend-store-uri
-  sqlite:///OUTPUT_DIR/mlruns/mlflow.db``. Needs ``pip install "fedguard[mlflow]"``.
+  sqlite:///OUTPUT_DIR/mlruns/mlflow.db``. Needs ``pip install "fedguard[mlflow]"``. The run's id is kept in
+  ``OUTPUT_DIR/mlruns/run_id``: a resumed FedGuard run (``resume = true``) continues that MLflow run (its later
+  rounds at their own steps; a run-config value that changed is kept as the tag ``resumed/<key>``, since MLflow
+  parameters cannot change) instead of starting a second one.
 
 What is logged from a round's ``metrics`` dict: every finite number (bools as 0/1), nested dicts flattened
 with ``/`` (``bytes_by_client/3/up``), and for a dict of strings (``clients_dropped``: node -> reason) its size
@@ -60,9 +63,10 @@ class Tracker(Protocol):
         """Flush and end the run; ``error`` (the one-line error that ended it) marks it failed."""
 
 
-def open_trackers(spec: str, output_dir: Path, run_config: Mapping[str, Any]) -> Tracker:
+def open_trackers(spec: str, output_dir: Path, run_config: Mapping[str, Any], resume: bool = False) -> Tracker:
     """The trackers named by ``spec`` (the ``tracking`` value: ``"none"``, ``"tensorboard"``, ``"mlflow"`` or
-    ``"tensorboard,mlflow"``) as one :class:`Tracker` writing under ``output_dir``.
+    ``"tensorboard,mlflow"``) as one :class:`Tracker` writing under ``output_dir``. ``resume``: continue the
+    run a previous process opened there, where the tracker has one (MLflow; TensorBoard appends anyway).
 
     Raises :class:`fedguard.config.ConfigError` for an unknown name and :class:`TrackingError` when a
     tracker's package is not installed.
@@ -74,7 +78,8 @@ def open_trackers(spec: str, output_dir: Path, run_config: Mapping[str, Any]) ->
             if name == "tensorboard":
                 trackers.append(TensorBoardTracker(output_dir / "tensorboard", run_config))
             else:
-                trackers.append(MlflowTracker(output_dir / "mlruns", run_config, run_name=output_dir.name))
+                trackers.append(MlflowTracker(output_dir / "mlruns", run_config, run_name=output_dir.name,
+                                              resume=resume))
     except BaseException:
         for tracker in trackers:
             tracker.close()
@@ -147,24 +152,48 @@ class TensorBoardTracker:
 
 
 class MlflowTracker:
-    """One MLflow run in a local SQLite store under ``root`` (no server, no network)."""
+    """One MLflow run in a local SQLite store under ``root`` (no server, no network); its id in ``root/run_id``."""
 
-    def __init__(self, root: Path, run_config: Mapping[str, Any], run_name: str) -> None:
+    def __init__(self, root: Path, run_config: Mapping[str, Any], run_name: str, resume: bool = False) -> None:
         try:
             from mlflow import MlflowClient
-            from mlflow.entities import Param
         except ImportError as err:
             raise TrackingError(f"tracking='mlflow' needs the mlflow package ({err}); install it with "
                                 'pip install "fedguard[mlflow]"') from err
         root.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
-        experiment = self.client.get_experiment_by_name(MLFLOW_EXPERIMENT)
-        experiment_id = (experiment.experiment_id if experiment is not None else self.client.create_experiment(
-            MLFLOW_EXPERIMENT, artifact_location=(root.resolve() / "artifacts").as_uri()))
-        self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
-        params = [Param(str(key), str(value)[:6000]) for key, value in run_config.items()]
-        for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
-            self.client.log_batch(self.run_id, params=params[start:start + 100])
+        params = {str(key): str(value)[:6000] for key, value in run_config.items()}
+        run_id_file = root / "run_id"
+        previous = self._previous_run(run_id_file.read_text().strip()) if resume and run_id_file.is_file() else None
+        if previous is not None:
+            self.run_id = previous.info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            for key, value in params.items():
+                if key in previous.data.params and previous.data.params[key] != value:
+                    self.client.set_tag(self.run_id, f"resumed/{key}", value)
+            params = {k: v for k, v in params.items() if k not in previous.data.params}
+        else:
+            experiment = self.client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+            experiment_id = (experiment.experiment_id if experiment is not None else self.client.create_experiment(
+                MLFLOW_EXPERIMENT, artifact_location=(root.resolve() / "artifacts").as_uri()))
+            self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
+            run_id_file.write_text(self.run_id + "\n")
+        self._log_params(params)
+
+    def _previous_run(self, run_id: str):  # noqa: ANN202 - an mlflow Run, or None when the store lacks it
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            return None
+
+    def _log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, value) for key, value in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 parameters per batch
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
 
     def log_round(self, round: int, metrics: Mapping[str, Any]) -> None:  # noqa: A002
         from mlflow.entities import Metric

@@ -93,6 +93,30 @@ def test_mlflow_logs_params_metrics_and_artifacts_to_a_local_store(tmp_path):
     assert (tmp_path / "mlruns" / "artifacts").is_dir()
 
 
+def test_a_resumed_run_continues_its_mlflow_run_instead_of_starting_another(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    first = open_trackers("mlflow", tmp_path, {"seed": 42, "num-server-rounds": 2})
+    first.log_round(1, ROUNDS[0])
+    first.close(error="KeyboardInterrupt: stopped after round 1")
+    resumed = open_trackers("mlflow", tmp_path, {"seed": 42, "num-server-rounds": 3, "resume": True}, resume=True)
+    resumed.log_round(2, ROUNDS[1])
+    resumed.close()
+    fresh = open_trackers("mlflow", tmp_path, {"seed": 42}, resume=False)  # not resuming: a new MLflow run
+    fresh.close()
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("fedguard").experiment_id], order_by=["start_time"])
+    assert len(runs) == 2
+    run = client.get_run(runs[0].info.run_id)
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "accuracy")) == \
+        [(1, 0.75), (2, 0.8125)]
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"seed": "42", "num-server-rounds": "2", "resume": "True"}
+    assert run.data.tags["resumed/num-server-rounds"] == "3"
+
+
 def test_a_missing_package_names_the_extra_to_install(tmp_path, monkeypatch):
     real_import = builtins.__import__
 

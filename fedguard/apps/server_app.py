@@ -121,7 +121,7 @@ def run(grid: Grid, config: RunConfig, out: Path) -> None:
     metrics["privacy"] = privacy_summary(config)
     metrics.pop("error", None)  # a resumed run starts clean
     num_clients = len(list(grid.get_node_ids()))
-    tracker = open_trackers(config.tracking, out, config.to_dict())
+    tracker = open_trackers(config.tracking, out, config.to_dict(), resume=checkpoint is not None)
     progress = RunProgress(config.num_server_rounds)
     runner.on_batches = progress.batches
     try:
