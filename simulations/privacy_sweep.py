@@ -120,12 +120,13 @@ def sweep_points(args: argparse.Namespace) -> list[Point]:
 
 def per_release_epsilon(config: dict, delta: float) -> float | None:
     """Certified ε of ONE release of one example's activations (replace-one, same token length): Gaussian with
-    sensitivity 2C and std σC -> ``gaussian_epsilon(2/σ, δ)``; d_χ -> pure 2·η·C·max-length; None without noise."""
+    sensitivity 2C and std σC -> ``gaussian_epsilon(2/σ, δ)``; d_χ -> pure 2·η·C·max-length; None without noise,
+    and None for d_χ with ``dchi-importance`` (a token-dependent noise scale has no bound; the run logs none)."""
     sigma, clip = config.get("act-noise-multiplier", 0.0), config.get("act-clip-norm", 0.0)
     if sigma > 0 and clip > 0:
         return gaussian_epsilon(2.0 / sigma, delta)
     eta = config.get("dchi-eta", 0.0)
-    if eta > 0:
+    if eta > 0 and config.get("dchi-importance", 0.0) == 0:
         return 2.0 * eta * config.get("dchi-token-clip", 1.0) * config.get("max-length", 64)
     return None
 
