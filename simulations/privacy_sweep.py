@@ -118,6 +118,20 @@ def sweep_points(args: argparse.Namespace) -> list[Point]:
     return points[:1] if args.quick else points
 
 
+FRONTIER_ZOOM = 0.2  # the frontier plot's right panel: points whose best recovery is at most this
+
+
+def _clusters(rows: list[dict], gap: float) -> list[list[dict]]:
+    """``rows`` (sorted by best recovery) split wherever consecutive recoveries differ by more than ``gap``."""
+    groups: list[list[dict]] = []
+    for row in rows:
+        if groups and row["best_recovery_mean"] - groups[-1][-1]["best_recovery_mean"] <= gap:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
 def per_release_epsilon(config: dict, delta: float) -> float | None:
     """Certified ε of ONE release of one example's activations (replace-one, same token length): Gaussian with
     sensitivity 2C and std σC -> ``gaussian_epsilon(2/σ, δ)``; d_χ -> pure 2·η·C·max-length; None without noise,
@@ -357,20 +371,33 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     fig.savefig(second, dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for row in frontier_rows(rows):
-        ax.errorbar(row["best_recovery_mean"], row["accuracy_mean"], xerr=row["best_recovery_std"],
-                    yerr=row["accuracy_std"], fmt="o", ms=4, capsize=2)
-        ax.annotate(row["point"], (row["best_recovery_mean"], row["accuracy_mean"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.axvline(0.10, color="grey", lw=0.5, ls="--")
-    base = [r for r in frontier_rows(rows) if r["point"] == "base"]
-    if base:  # the goal's utility line: 3 points below the undefended run
-        ax.axhline(base[0]["accuracy_mean"] - 0.03, color="grey", lw=0.5, ls="--")
-    ax.set_xlabel("best attack: content-token recovery (max over attacks)")
+    # Left: every point; right: the goal's corner (recovery <= ZOOM), where the labels would otherwise overlap.
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(11, 4.2))
+    points = frontier_rows(rows)
+    base = [r for r in points if r["point"] == "base"]
+    near = [r for r in points if r["best_recovery_mean"] <= FRONTIER_ZOOM]
+    for panel in (ax, zoom):
+        labelled = sorted((r for r in points if (panel is zoom) == (r in near)), key=lambda r: r["best_recovery_mean"])
+        for row in points:
+            panel.errorbar(row["best_recovery_mean"], row["accuracy_mean"], xerr=row["best_recovery_std"],
+                           yerr=row["accuracy_std"], fmt="o", ms=4, capsize=2)
+        width = 1.02 if panel is ax else FRONTIER_ZOOM
+        for cluster in _clusters(labelled, 0.06 * width):  # close points: labels stacked, the highest point's first
+            for i, row in enumerate(sorted(cluster, key=lambda r: -r["accuracy_mean"])):
+                panel.annotate(row["point"], (row["best_recovery_mean"], row["accuracy_mean"]), fontsize=7,
+                               xytext=(4, 4 - 11 * i), textcoords="offset points")
+        panel.axvline(0.10, color="grey", lw=0.5, ls="--")
+        if base:  # the goal's utility line: 3 points below the undefended run
+            panel.axhline(base[0]["accuracy_mean"] - 0.03, color="grey", lw=0.5, ls="--")
+        panel.set_xlabel("best attack: content-token recovery (max over attacks)")
     ax.set_ylabel("final accuracy (mean ± std over seeds)")
     ax.set_xlim(0, 1.02)
     ax.set_title("Privacy-utility frontier (goal: top left of the dashed lines)", fontsize=10)
+    zoom.set_xlim(0, FRONTIER_ZOOM)
+    if near:
+        ys = [r["accuracy_mean"] for r in near] + ([base[0]["accuracy_mean"]] if base else [])
+        zoom.set_ylim(min(ys) - 0.02, max(ys) + 0.02)
+    zoom.set_title(f"the same, recovery <= {FRONTIER_ZOOM:.0%}", fontsize=10)
     fig.tight_layout()
     third = out / "frontier.png"
     fig.savefig(third, dpi=120)
