@@ -47,6 +47,7 @@ from fedguard.apps.local_run import flwr_run
 from fedguard.attacks.inversion import InverterSettings
 from fedguard.attacks.optimisation import OptimisationSettings
 from fedguard.attacks.report import AttackOptions, attack_run
+from fedguard.mechanisms.choice import choose_activation_mechanism
 from fedguard.privacy.certified import gaussian_epsilon
 
 FIELDS = ["point", "seed", "overrides", "split_layer", "act_clip_norm", "act_noise_multiplier", "dp_noise_multiplier",
@@ -133,16 +134,20 @@ def _clusters(rows: list[dict], gap: float) -> list[list[dict]]:
 
 
 def per_release_epsilon(config: dict, delta: float) -> float | None:
-    """Certified ε of ONE release of one example's activations (replace-one, same token length): Gaussian with
-    sensitivity 2C and std σC -> ``gaussian_epsilon(2/σ, δ)``; d_χ -> pure 2·η·C·max-length; None without noise,
-    and None for d_χ with ``dchi-importance`` (a token-dependent noise scale has no bound; the run logs none)."""
-    sigma, clip = config.get("act-noise-multiplier", 0.0), config.get("act-clip-norm", 0.0)
-    if sigma > 0 and clip > 0:
-        return gaussian_epsilon(2.0 / sigma, delta)
-    eta = config.get("dchi-eta", 0.0)
-    if eta > 0 and config.get("dchi-importance", 0.0) == 0:
-        return 2.0 * eta * config.get("dchi-token-clip", 1.0) * config.get("max-length", 64)
-    return None
+    """Certified ε of ONE release of one example's activations (replace-one, same token length), for the mechanism
+    the client applies (:func:`fedguard.mechanisms.choice.choose_activation_mechanism`): Gaussian with
+    sensitivity 2C and std σC -> ``gaussian_epsilon(2/σ, δ)``; d_χ -> its pure ε (2·η·C·max-length). None
+    without noise, and None for d_χ with ``dchi-importance`` (token-dependent noise has no bound; the client
+    logs none)."""
+    if config.get("dchi-importance", 0.0) > 0:
+        return None
+    mechanism = choose_activation_mechanism(config.get("act-clip-norm", 0.0), config.get("act-noise-multiplier", 0.0),
+                                            config.get("dchi-eta", 0.0), config.get("dchi-token-clip", 1.0),
+                                            config.get("max-length", 64))
+    event = mechanism.release_event(1, 0) if mechanism is not None else None
+    if event is None:
+        return None
+    return event.epsilon if event.is_pure else gaussian_epsilon(2.0 / event.noise_multiplier, delta)
 
 
 def _inversion_metrics(report: dict) -> dict:

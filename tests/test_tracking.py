@@ -103,13 +103,14 @@ def test_a_resumed_run_continues_its_mlflow_run_instead_of_starting_another(tmp_
     resumed = open_trackers("mlflow", tmp_path, {"seed": 42, "num-server-rounds": 3, "resume": True}, resume=True)
     resumed.log_round(2, ROUNDS[1])
     resumed.close()
+    resumed_id = (tmp_path / "mlruns" / "run_id").read_text().strip()
     fresh = open_trackers("mlflow", tmp_path, {"seed": 42}, resume=False)  # not resuming: a new MLflow run
     fresh.close()
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("fedguard").experiment_id], order_by=["start_time"])
-    assert len(runs) == 2
-    run = client.get_run(runs[0].info.run_id)
+    runs = client.search_runs([client.get_experiment_by_name("fedguard").experiment_id])
+    assert len(runs) == 2 and resumed_id in {r.info.run_id for r in runs}
+    run = client.get_run(resumed_id)
     assert sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "accuracy")) == \
         [(1, 0.75), (2, 0.8125)]
     assert run.info.status == "FINISHED"
